@@ -134,15 +134,16 @@ def sample(score_fn: Callable, sde: SDE, shape: Sequence[int], sampler: str = "p
     """
     registry = registry if registry is not None else load_registry()
     resolved = resolve_sampler(sampler, options, registry)
-    for need in resolved.spec.requires:
-        if not callable(getattr(sde, need, None)):
-            raise SdekitError(f"sampler {sampler!r} needs the SDE method {need!r}, "
-                              f"which {type(sde).__name__} does not have")
+    for spec in (resolved.spec, *(p[0] for p in resolved.components.values() if p is not None)):
+        for need in spec.requires:
+            if not callable(getattr(sde, need, None)):
+                raise SdekitError(f"sampler {spec.name!r} needs the SDE method {need!r}, "
+                                  f"which {type(sde).__name__} does not have")
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2 or min(shape) < 1:
         raise ShapeError(f"shape must be (batch, *item_shape) with positive sizes, got {shape}")
     device = resolve_device(device)
-    steps = resolved.spec.recommended_steps if steps is None else steps
+    steps = registry.get(sampler).recommended_steps if steps is None else steps
     grid = make_grid(sde, steps, schedule, t_min)
     if seeds is not None:
         if len(seeds) != shape[0]:

@@ -26,6 +26,7 @@ from typing import Callable
 
 import torch
 
+from .errors import OptionError
 from .utils import append_dims, flat_sum
 
 ScoreFn = Callable[..., torch.Tensor]
@@ -167,12 +168,20 @@ class VPSDE(SDE):
         beta_k = linspace(beta_min/N, beta_max/N, N)[k]. Evaluating beta at
         ``tau = s T / (T - (t - s))`` reproduces that exactly on a uniform grid
         of N steps (the k-th step from the bottom has s = k/N, tau = k/(N-1));
-        on any grid it is the same first-order rule as tau -> s.
+        on any grid it is the same first-order rule as tau -> s. DDPM's step
+        needs beta_k < 1: a coarser step raises OptionError (samplers that do not
+        discretize, such as ``ddim`` and ``ode``, take any grid).
         """
         s, t = _t(s), _t(t)
         dt = t - s
         tau = torch.where(dt < self.T, s * self.T / (self.T - dt).clamp_min(1e-12), torch.zeros_like(s))
         beta_k = self.beta(tau) * dt
+        if bool((beta_k >= 1.0).any()):  # times come from the CPU grid: no device sync
+            raise OptionError(
+                f"{type(self).__name__}: DDPM's discretization needs beta(t) dt < 1, but the step from "
+                f"t={float(s.max()):.4g} to t={float(t.max()):.4g} has beta dt = {float(beta_k.max()):.3g}; "
+                f"use more steps (a uniform grid needs more than {self.beta_max * self.T:g}) or a sampler "
+                f"that does not discretize the SDE (ddim, euler_maruyama, ode)")
         return (1.0 - beta_k).sqrt(), beta_k.sqrt()
 
 

@@ -21,7 +21,7 @@ from .base import SamplerSpec, option
 
 @dataclass(frozen=True)
 class ALDOptions:
-    snr: float = option(0.16, "step size relative to the noise level: eps = 2 alpha (snr s(t))^2", gt=0.0)
+    snr: float = option(0.4, "step size relative to the noise level: eps = 2 alpha (snr s(t))^2", gt=0.0)
     n_steps: int = option(1, "Langevin steps per noise level", ge=1)
 
 
