@@ -22,7 +22,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(BIN)/sdekit sample --model gmm:ring8 --sampler pc -n 5000 --steps 500 --out out/demo
+	$(BIN)/sdekit sample --model gmm:ring8 --sampler pc -n 5000 --steps 500 --out out/demo --overwrite
 
 test: setup
 	$(BIN)/python -m pytest -q

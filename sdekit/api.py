@@ -116,7 +116,8 @@ def sample(score_fn: Callable, sde: SDE, shape: Sequence[int], sampler: str = "p
            seed: int = 0, seeds: Sequence[int] | None = None, device: str | torch.device | None = "cpu",
            dtype: torch.dtype = torch.float32, cond: Mapping[str, Any] | None = None,
            registry: Registry | None = None, progress: bool = False,
-           callback: Callable | None = None, **options) -> SampleResult:
+           callback: Callable | None = None, options: Mapping[str, Any] | None = None,
+           **kw_options) -> SampleResult:
     """Draw ``shape[0]`` samples of item shape ``shape[1:]`` from the reverse of ``sde``.
 
     Args:
@@ -128,12 +129,14 @@ def sample(score_fn: Callable, sde: SDE, shape: Sequence[int], sampler: str = "p
             each item its own generator, so an item depends only on its seed.
         device: ``cpu``, ``cuda``, or ``auto``.
         cond: keyword arguments passed to every ``score_fn`` call (labels, context).
-        **options: sampler options (validated; unknown ones are an error).
+        options, **kw_options: sampler options (validated; unknown ones are an
+            error). The mapping takes any option name, also one that shadows an
+            argument of this function.
 
     The same arguments give the same samples.
     """
     registry = registry if registry is not None else load_registry()
-    resolved = resolve_sampler(sampler, options, registry)
+    resolved = resolve_sampler(sampler, {**(options or {}), **kw_options}, registry)
     for spec in (resolved.spec, *(p[0] for p in resolved.components.values() if p is not None)):
         for need in spec.requires:
             if not callable(getattr(sde, need, None)):

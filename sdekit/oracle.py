@@ -181,7 +181,10 @@ def named_mixture(spec: str) -> GaussianMixture:
         key, eq, value = item.partition("=")
         if not eq:
             raise OptionError(f"mixture argument {item!r} must look like key=value")
-        kwargs[key.strip()] = float(value) if "." in value or "e" in value else int(value)
+        try:
+            kwargs[key.strip()] = float(value) if "." in value or "e" in value else int(value)
+        except ValueError:
+            raise OptionError(f"mixture argument {key.strip()!r} must be a number, got {value!r}") from None
     try:
         return MIXTURES[name](**kwargs)
     except TypeError as err:

@@ -16,9 +16,11 @@ Environment:
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
+import inspect
 import os
 import sys
 import traceback
@@ -110,7 +112,9 @@ def _import_plugin(ref: str):
         path = Path(ref).expanduser().resolve()
         if not path.is_file():
             raise FileNotFoundError(f"no plugin file at {path}")
-        mod_name = f"sdekit_file_plugin_{path.stem}"
+        # the path's hash keeps two plugin.py files in different folders apart in sys.modules
+        digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+        mod_name = f"sdekit_file_plugin_{path.stem}_{digest}"
         spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[mod_name] = module
@@ -140,6 +144,7 @@ def load_registry(plugins: Iterable[str] = (), *, autoload: bool | None = None,
         strict: re-raise the first broken plugin (default: ``$SDEKIT_STRICT_PLUGINS``).
         trace: print every hook call to stderr.
     """
+    from . import __version__
     from .samplers import BUILTIN_MODULES
 
     autoload = not _env_flag("SDEKIT_DISABLE_PLUGIN_AUTOLOAD") if autoload is None else autoload
@@ -175,7 +180,7 @@ def load_registry(plugins: Iterable[str] = (), *, autoload: bool | None = None,
             broken(info, err)
 
     for mod in BUILTIN_MODULES:
-        add_plugin(mod, "builtin", lambda mod=mod: importlib.import_module(mod))
+        add_plugin(mod, "builtin", lambda mod=mod: importlib.import_module(mod), __version__)
     if autoload:
         for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
             if only is not None and ep.name not in only:
@@ -193,7 +198,7 @@ def load_registry(plugins: Iterable[str] = (), *, autoload: bool | None = None,
         if not info.version:
             info.version = str(getattr(module, "__version__", ""))
         try:
-            _check_hooks(pm, info.name)
+            _check_hooks(pm, info.name, module)
             gathered: list[SamplerSpec] = []
             others = [p for p in pm.get_plugins() if p is not module]
             caller = pm.subset_hook_caller("sdekit_register_samplers", remove_plugins=others)
@@ -210,8 +215,9 @@ def load_registry(plugins: Iterable[str] = (), *, autoload: bool | None = None,
     return registry
 
 
-def _check_hooks(pm: pluggy.PluginManager, plugin_name: str) -> None:
-    """A hook implementation without a spec is a misspelled hook: say which."""
+def _check_hooks(pm: pluggy.PluginManager, plugin_name: str, module) -> None:
+    """A hook implementation without a spec is a misspelled hook, and a function
+    named like a hook but not marked ``@hookimpl`` would be silently ignored: say which."""
     known = [n for n in dir(hookspecs) if n.startswith("sdekit_")]
     for name in dir(pm.hook):
         caller = getattr(pm.hook, name)
@@ -219,3 +225,10 @@ def _check_hooks(pm: pluggy.PluginManager, plugin_name: str) -> None:
             continue
         if any(impl.plugin_name == plugin_name for impl in caller.get_hookimpls()):
             raise UnknownNameError("hook", name, known)
+    for name in dir(module):
+        fn = getattr(module, name, None)
+        if (name.startswith("sdekit_") and inspect.isfunction(fn)
+                and getattr(fn, "__module__", None) == getattr(module, "__name__", None)
+                and pm.parse_hookimpl_opts(module, name) is None):
+            raise PluginError(f"plugin {plugin_name!r}: function {name!r} is named like a hook but not marked "
+                              f"as one; decorate it with @hookimpl (from sdekit.hookspecs import hookimpl)")

@@ -56,7 +56,7 @@ def test_unknown_sampler_and_options_name_what_is_valid(registry):
         run(registry, "ddim", eta="abc")
     with pytest.raises(OptionError, match="must be an int"):
         run(registry, "pc", n_steps=1.5)
-    with pytest.raises(UnknownNameError, match="did you mean 'posterior'"):
+    with pytest.raises(OptionError, match="must be one of posterior, step, got 'posteror'; did you mean 'posterior'"):
         run(registry, "ancestral", variance="posteror")
     with pytest.raises(UnknownNameError, match="unknown predictor 'langevin'"):
         run(registry, "pc", predictor="langevin")

@@ -23,6 +23,7 @@ noise-free mean, so the last step's mean is a free denoised output.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import typing
 from dataclasses import dataclass, field
@@ -149,7 +150,9 @@ def _convert(value: Any, tp: type, where: str):
 def _check_bounds(value, meta: Mapping, where: str):
     choices = meta.get("choices")
     if choices and value not in choices:
-        raise UnknownNameError(f"value for {where}", value, choices)
+        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise OptionError(f"{where} must be one of {', '.join(choices)}, got {value!r}{hint}")
     ok = all((
         meta.get("ge") is None or value >= meta["ge"],
         meta.get("gt") is None or value > meta["gt"],
