@@ -167,11 +167,13 @@ def sample(score_fn: Callable, sde: SDE, shape: Sequence[int], sampler: str = "p
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(grid) - 1, desc=f"sampling ({resolved.spec.name})", unit="step", leave=False)
+        # an adaptive sampler (evals_per_step None) reports accepted steps, not grid steps
+        total = None if resolved.spec.evals_per_step is None else len(grid) - 1
+        bar = tqdm(total=total, desc=f"sampling ({resolved.spec.name})", unit="step", leave=False)
 
     def on_step(i, t, x):
         if bar is not None:
-            bar.update(i + 1 - bar.n)
+            bar.update(max(i + 1 - bar.n, 0))
         if callback is not None:
             callback(i, t, x)
 
