@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+import sdekit
+from sdekit.metrics import sliced_wasserstein
 from sdekit.sde import SDE, SubVPSDE, VESDE, VPSDE
 
 SDES = [VPSDE(), SubVPSDE(), VESDE()]
@@ -119,5 +121,10 @@ class ConstantBetaSDE(SDE):
         return 1.0
 
 
-def test_new_sde_subclass_passes_the_moment_equations():
-    test_marginal_solves_the_kernel_moment_equations(ConstantBetaSDE())
+def test_a_new_sde_subclass_works_with_every_kind_of_sampler(registry, exact):
+    sde = ConstantBetaSDE()
+    test_marginal_solves_the_kernel_moment_equations(sde)  # raises if the moments are wrong
+    gmm, ref, floor = exact("ring8")
+    for name, steps in (("ddim", 100), ("ancestral", 500), ("ode", 100)):
+        out = sdekit.sample(gmm.score_fn(sde), sde, ref.shape, name, steps=steps, registry=registry).samples
+        assert sliced_wasserstein(out, ref) < 1.6 * floor, name
