@@ -87,6 +87,21 @@ class SDE:
         mean, std = self.marginal(_t(t))
         return 2.0 * (mean.log() - std.log())
 
+    def t_from_log_snr(self, log_snr: float | torch.Tensor) -> torch.Tensor:
+        """The time at which :meth:`log_snr` equals ``log_snr`` (its inverse), float64.
+
+        The default bisects on [0, T] (log-SNR decreases in t) to float64
+        resolution; VP, sub-VP and VE override it with closed forms. Values
+        outside [log_snr(T), log_snr(0)] clamp to the ends.
+        """
+        lam = _t(log_snr).to(torch.float64)
+        lo, hi = torch.zeros_like(lam), torch.full_like(lam, self.T)
+        for _ in range(64):
+            mid = 0.5 * (lo + hi)
+            above = self.log_snr(mid) > lam  # still too early: the answer is later
+            lo, hi = torch.where(above, mid, lo), torch.where(above, hi, mid)
+        return 0.5 * (lo + hi)
+
     def prior_sample(self, z: torch.Tensor) -> torch.Tensor:
         """Map standard normal noise ``z`` to a draw from the prior p_T.
 
@@ -161,6 +176,16 @@ class VPSDE(SDE):
     def prior_std(self):
         return 1.0
 
+    def _t_from_log_mean(self, log_mean: torch.Tensor) -> torch.Tensor:
+        # invert log m(t) = -t^2 (b1 - b0)/4 - t b0/2 (the root written without cancellation)
+        b0, db = self.beta_min, self.beta_max - self.beta_min
+        return -2.0 * log_mean / (0.5 * b0 + (0.25 * b0**2 - db * log_mean).sqrt())
+
+    def t_from_log_snr(self, log_snr):
+        # VP: m^2 = sigmoid(log_snr), so log m = -softplus(-log_snr) / 2
+        lam = _t(log_snr).to(torch.float64)
+        return self._t_from_log_mean(-0.5 * torch.nn.functional.softplus(-lam)).clamp(0.0, self.T)
+
     def discretize(self, s, t):
         """DDPM's step: ``a = sqrt(1 - beta_k)``, ``b = sqrt(beta_k)``, ``beta_k = beta(tau) (t - s)``.
 
@@ -199,6 +224,12 @@ class SubVPSDE(VPSDE):
         log_mean = self._log_mean(_t(t))
         return log_mean.exp(), -torch.expm1(2.0 * log_mean)
 
+    def t_from_log_snr(self, log_snr):
+        # sub-VP: exp(log_snr / 2) = c = m / (1 - m^2), so m = 2c / (1 + sqrt(1 + 4c^2))
+        c = (0.5 * _t(log_snr).to(torch.float64)).exp()
+        mean = 2.0 * c / (1.0 + (1.0 + 4.0 * c**2).sqrt())
+        return self._t_from_log_mean(mean.log()).clamp(0.0, self.T)
+
     discretize = SDE.discretize
 
 
@@ -227,6 +258,12 @@ class VESDE(SDE):
 
     def prior_std(self):
         return self.sigma_max
+
+    def t_from_log_snr(self, log_snr):
+        # VE: log_snr = -2 log sigma(t), sigma geometric in t
+        log_sigma = -0.5 * _t(log_snr).to(torch.float64)
+        t = (log_sigma - math.log(self.sigma_min)) / math.log(self.sigma_max / self.sigma_min)
+        return t.clamp(0.0, self.T)
 
     def discretize(self, s, t):
         """SMLD's step: ``a = 1``, ``b = sqrt(sigma(t)^2 - sigma(s)^2)``.
