@@ -6,7 +6,7 @@ import dataclasses
 import platform
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Protocol, Sequence
 
 import torch
 
@@ -40,6 +40,11 @@ class ResolvedSampler:
         for role, part in self.components.items():
             out[role] = None if part is None else {"name": part[0].name, "options": dataclasses.asdict(part[1])}
         return out
+
+    @property
+    def adaptive(self) -> bool:
+        """Whether the sampler chooses its own steps (then grid steps do not count its progress)."""
+        return self.spec.adaptive
 
     @property
     def stochastic(self) -> bool:
@@ -111,10 +116,25 @@ def versions() -> dict:
     return {"sdekit": __version__, "torch": torch.__version__, "python": platform.python_version()}
 
 
+class Constraint(Protocol):
+    """Known-part replacement inside the PC loop (inpainting, colorization; :mod:`sdekit.controllable`).
+
+    ``project(sde, x, t, noise)`` returns ``x`` with its known part replaced by
+    the known data diffused to time ``t`` (``m(t) y + s(t) z``, ``z = noise(x)``),
+    or by its mean ``m(t) y`` when ``noise`` is None; ``finish(x)`` sets the
+    known part to the data exactly. Both keep ``x``'s shape, device and dtype.
+    """
+
+    def project(self, sde: SDE, x: torch.Tensor, t: float, noise: Callable | None) -> torch.Tensor: ...
+
+    def finish(self, x: torch.Tensor) -> torch.Tensor: ...
+
+
 def sample(score_fn: Callable, sde: SDE, shape: Sequence[int], sampler: str = "pc", *,
            steps: int | None = None, schedule: str = "uniform", t_min: float | None = None,
-           seed: int = 0, seeds: Sequence[int] | None = None, device: str | torch.device | None = "cpu",
-           dtype: torch.dtype = torch.float32, cond: Mapping[str, Any] | None = None,
+           seed: int = 0, seeds: Sequence[int] | None = None, batch_size: int | None = None,
+           device: str | torch.device | None = "cpu", dtype: torch.dtype = torch.float32,
+           cond: Mapping[str, Any] | None = None, constraint: Constraint | None = None,
            registry: Registry | None = None, progress: bool = False,
            callback: Callable | None = None, options: Mapping[str, Any] | None = None,
            **kw_options) -> SampleResult:
@@ -124,11 +144,18 @@ def sample(score_fn: Callable, sde: SDE, shape: Sequence[int], sampler: str = "p
         score_fn: ``score_fn(x, t, **cond)`` (see :mod:`sdekit.score`).
         sampler: a registered sampler, predictor or corrector name.
         steps: grid steps (default: the sampler's ``recommended_steps``).
-        schedule: a time-grid name from :mod:`sdekit.grids`.
+        schedule: a time-grid name from :mod:`sdekit.grids` (``karras:rho=5`` takes parameters).
         seed: seeds one generator for the whole batch; ``seeds`` instead gives
-            each item its own generator, so an item depends only on its seed.
+            each item its own generator, so an item depends only on its seed
+            (for samplers whose spec says ``per_item``), whatever the batch.
+        batch_size: draw in chunks of at most this many items (memory). With
+            ``seeds`` the samples equal one big batch's; with ``seed`` the chunks
+            share one generator, so the samples depend on ``batch_size``.
         device: ``cpu``, ``cuda``, or ``auto``.
-        cond: keyword arguments passed to every ``score_fn`` call (labels, context).
+        cond: keyword arguments passed to every ``score_fn`` call (labels, context);
+            tensors of length ``shape[0]`` are split with the batch.
+        constraint: known-part replacement after every predictor and corrector
+            step (:class:`Constraint`; needs ``pc`` or a predictor/corrector).
         options, **kw_options: sampler options (validated; unknown ones are an
             error). The mapping takes any option name, also one that shadows an
             argument of this function.
@@ -142,47 +169,66 @@ def sample(score_fn: Callable, sde: SDE, shape: Sequence[int], sampler: str = "p
             if not callable(getattr(sde, need, None)):
                 raise SdekitError(f"sampler {spec.name!r} needs the SDE method {need!r}, "
                                   f"which {type(sde).__name__} does not have")
+    if constraint is not None and not resolved.components:
+        raise SdekitError(f"inpainting and colorization replace the known part after every predictor and "
+                          f"corrector step, so they need 'pc' or a predictor or corrector; {sampler!r} is a "
+                          f"whole sampler (predictors: {', '.join(registry.names('predictor'))})")
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2 or min(shape) < 1:
         raise ShapeError(f"shape must be (batch, *item_shape) with positive sizes, got {shape}")
+    n = shape[0]
+    if batch_size is not None and int(batch_size) < 1:
+        raise OptionError(f"batch_size must be a positive integer, got {batch_size!r}")
+    batch_size = n if batch_size is None else min(int(batch_size), n)
     device = resolve_device(device)
     steps = registry.get(sampler).recommended_steps if steps is None else steps
     grid = make_grid(sde, steps, schedule, t_min)
     if seeds is not None:
-        if len(seeds) != shape[0]:
-            raise ShapeError(f"got {len(seeds)} seeds for a batch of {shape[0]}")
-        noise = PerItemNoise(seeds, device)
-    else:
-        noise = GeneratorNoise(torch.Generator(device=device).manual_seed(int(seed)))
-
-    nfe = 0
+        if len(seeds) != n:
+            raise ShapeError(f"got {len(seeds)} seeds for a batch of {n}")
+        seeds = [int(s) for s in seeds]
+    shared = None if seeds is not None else GeneratorNoise(torch.Generator(device=device).manual_seed(int(seed)))
     cond = dict(cond or {})
 
-    def counted(x, t):
-        nonlocal nfe
-        nfe += 1
-        return score_fn(x, t, **cond)
-
+    nfe = 0
+    chunks = [(lo, min(lo + batch_size, n)) for lo in range(0, n, batch_size)]
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        # an adaptive sampler (evals_per_step None) reports accepted steps, not grid steps
-        total = None if resolved.spec.evals_per_step is None else len(grid) - 1
+        # an adaptive sampler reports accepted steps, not grid steps: no total
+        total = None if resolved.adaptive else (len(grid) - 1) * len(chunks)
         bar = tqdm(total=total, desc=f"sampling ({resolved.spec.name})", unit="step", leave=False)
 
-    def on_step(i, t, x):
-        if bar is not None:
-            bar.update(max(i + 1 - bar.n, 0))
-        if callback is not None:
-            callback(i, t, x)
-
+    parts = {role: None if p is None else _bind(p, constraint) for role, p in resolved.components.items()}
+    outputs = []
     start = time.perf_counter()
-    with torch.no_grad():
-        x = sde.prior_sample(noise(torch.empty(shape, device=device, dtype=dtype)))
-        parts = {role: None if p is None else _bind(p) for role, p in resolved.components.items()}
-        x = resolved.spec.fn(sde, counted, x, grid, options=resolved.options, noise=noise,
-                             callback=on_step, **parts)
+    for lo, hi in chunks:
+        noise = shared if seeds is None else PerItemNoise(seeds[lo:hi], device)
+        chunk_cond = {k: _slice(v, lo, hi, n) for k, v in cond.items()}
+        done = bar.n if bar is not None else 0
+
+        def counted(x, t):
+            nonlocal nfe
+            nfe += 1
+            return score_fn(x, t, **chunk_cond)
+
+        def on_step(i, t, x):
+            if bar is not None:
+                bar.update(max(done + i + 1 - bar.n, 0))
+            if callback is not None:
+                callback(i, t, x)
+
+        with torch.no_grad():
+            x = sde.prior_sample(noise(torch.empty((hi - lo, *shape[1:]), device=device, dtype=dtype)))
+            if constraint is not None:
+                x = constraint.project(sde, x, float(grid[0]), noise)
+            x = resolved.spec.fn(sde, counted, x, grid, options=resolved.options, noise=noise,
+                                 callback=on_step, **parts)
+            if constraint is not None:
+                x = constraint.finish(x)
+        outputs.append(x)
+    x = outputs[0] if len(outputs) == 1 else torch.cat(outputs)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     wall = time.perf_counter() - start
@@ -192,17 +238,28 @@ def sample(score_fn: Callable, sde: SDE, shape: Sequence[int], sampler: str = "p
         **resolved.describe(), "steps": int(steps), "schedule": schedule, "t_min": float(grid[-1]),
         "sde": repr(sde), "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
         "device": str(device), "seed": None if seeds is not None else int(seed),
-        "seeds": None if seeds is None else [int(s) for s in seeds], "nfe": nfe,
+        "seeds": seeds, "batch_size": batch_size, "cond": sorted(cond),
+        "constraint": None if constraint is None else repr(constraint), "nfe": nfe,
         "wall_time_s": wall, "versions": versions(),
     }
     return SampleResult(x, nfe, wall, provenance)
 
 
-def _bind(part: tuple[SamplerSpec, Any]):
+def _slice(value, lo: int, hi: int, n: int):
+    """A chunk's share of a conditioning value: per-item tensors are split, others passed whole."""
+    if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n and hi - lo < n:
+        return value[lo:hi]
+    return value
+
+
+def _bind(part: tuple[SamplerSpec, Any], constraint: Constraint | None = None):
     spec, opts = part
 
     def step(sde, score_fn, x, t_cur, t_next, *, noise):
-        return spec.fn(sde, score_fn, x, t_cur, t_next, options=opts, noise=noise)
+        x, x_mean = spec.fn(sde, score_fn, x, t_cur, t_next, options=opts, noise=noise)
+        if constraint is not None:  # Song et al. 2021, appendix I: replace after every step
+            x, x_mean = constraint.project(sde, x, t_next, noise), constraint.project(sde, x_mean, t_next, None)
+        return x, x_mean
 
     step.spec = spec
     return step

@@ -244,7 +244,9 @@ class VESDE(SDE):
     t_min = 1e-5
 
     def sigma(self, t):
-        return self.sigma_min * (self.sigma_max / self.sigma_min) ** _t(t)
+        # exp, not pow: torch's CPU pow rounds differently for short and long tensors, which
+        # would make an item's sample depend on the batch size (tests/test_seeds.py)
+        return self.sigma_min * (_t(t) * math.log(self.sigma_max / self.sigma_min)).exp()
 
     def drift_coef(self, t):
         return torch.zeros_like(_t(t))

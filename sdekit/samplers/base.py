@@ -66,8 +66,14 @@ class SamplerSpec:
     kind: Literal["sampler", "predictor", "corrector"] = "sampler"
     options: type = NoOptions
     stochastic: bool = True
-    #: score evaluations per grid step; None when adaptive (the ODE solver decides)
+    #: score evaluations per grid step; None when it depends on the options or the solver
     evals_per_step: int | None = 1
+    #: chooses its own steps between the grid's ends (an adaptive ODE solver): progress
+    #: is then counted in accepted steps, with no known total
+    adaptive: bool = False
+    #: with per-item seeds, an item's output depends on its seed only, not on the batch
+    #: it is drawn in (bitwise on the CPU), with the default options
+    per_item: bool = True
     #: SDE methods the sampler needs beyond drift/diffusion/marginal/prior
     requires: tuple[str, ...] = ()
     #: grid steps at which the docs and conformance tests hold the sampler to its quality bound
@@ -84,6 +90,7 @@ class SamplerSpec:
         return {
             "name": self.name, "summary": self.summary, "kind": self.kind,
             "stochastic": self.stochastic, "evals_per_step": self.evals_per_step,
+            "adaptive": self.adaptive, "per_item": self.per_item,
             "requires": list(self.requires), "recommended_steps": self.recommended_steps,
             "api_version": self.api_version,
             "options": [describe_option(f) for f in self.option_fields()],

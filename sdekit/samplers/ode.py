@@ -40,7 +40,7 @@ def ode(sde, score_fn, x, grid, *, options, noise, callback=None):
 
 SPEC = SamplerSpec(
     name="ode", fn=ode, options=ODEOptions, kind="sampler", stochastic=False, evals_per_step=None,
-    recommended_steps=100,
+    adaptive=True, per_item=False, recommended_steps=100,
     summary="probability-flow ODE through torchdiffeq (adaptive dopri5 by default, or fixed steps on the grid)",
 )
 
