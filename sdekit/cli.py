@@ -383,7 +383,8 @@ def _label(prov: dict) -> str:
               show_default="1000, or one per --seeds", help="Number of samples.")
 @click.option("--steps", type=click.IntRange(min=1), metavar="N", default=None,
               show_default="the sampler's recommended steps", help="Time-grid steps.")
-@click.option("--schedule", metavar="NAME", default="uniform", help="Time-grid schedule (sdekit.grids).")
+@click.option("--schedule", metavar="NAME[:K=V]", default="uniform",
+              help="Time grid: uniform, logsnr, karras[:rho=7] or quadratic (sdekit.grids).")
 @click.option("--t-min", type=float, metavar="T", default=None, show_default="the SDE's t_min",
               help="Last time of the grid.")
 @click.option("-o", "--option", "option_pairs", type=KeyValue(), metavar="KEY=VALUE", multiple=True,
@@ -391,6 +392,8 @@ def _label(prov: dict) -> str:
 @click.option("--seed", type=int, metavar="INT", default=0, help="Seed of one generator for the whole batch.")
 @click.option("--seeds", type=SeedList(), metavar="LIST", default=None,
               help="One seed per item, e.g. 0-63 or 0,5,7: each item then depends only on its seed.")
+@click.option("--batch-size", type=click.IntRange(min=1), metavar="N", default=None, show_default="all at once",
+              help="Draw in batches of at most N (memory); with --seeds the samples do not change.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if present.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", help="Sampling dtype.")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
@@ -401,7 +404,7 @@ def _label(prov: dict) -> str:
 @json_option
 @click.pass_context
 def sample(ctx, model_spec, sde_name, sampler, num_samples, steps, schedule, t_min, option_pairs, seed, seeds,
-           device, dtype, out_dir, overwrite, progress, as_json):
+           batch_size, device, dtype, out_dir, overwrite, progress, as_json):
     """Draw samples from a model and save them with their provenance.
 
     Writes DIR/samples.npz (arrays 'samples' and 'provenance', a JSON string;
@@ -439,7 +442,7 @@ def sample(ctx, model_spec, sde_name, sampler, num_samples, steps, schedule, t_m
     npz_path, png_path = _output_paths(out_dir, overwrite)
 
     result = draw(model.score_fn(sde), sde, (n, *model.item_shape), sampler, steps=steps, schedule=schedule,
-                  t_min=t_min, seed=seed, seeds=seeds, device=device, dtype=getattr(torch, dtype),
+                  t_min=t_min, seed=seed, seeds=seeds, batch_size=batch_size, device=device, dtype=getattr(torch, dtype),
                   registry=registry, progress=sys.stderr.isatty() if progress is None else progress, options=options)
     samples = result.samples.detach().cpu()
 

@@ -249,18 +249,17 @@ def test_same_seed_same_samples_other_seed_other_samples(tmp_path):
 
 
 def test_seeds_make_each_item_depend_on_its_seed_only(tmp_path):
-    def draw(seeds):
-        out = tmp_path / seeds
-        ok(run("sample", "--model", "gmm:ring8", "--sampler", "ancestral", "--steps", 30, "--seeds", seeds,
-               "--out", out))
+    def draw(seeds, *extra):
+        out = tmp_path / f"{seeds}{''.join(extra)}"
+        ok(run("sample", "--model", "gmm:ring8", "--steps", 30, "--seeds", seeds, "--out", out, *extra))
         samples, prov = load_samples(out / "samples.npz")
-        assert prov["seeds"] == parse_seeds(seeds) and prov["seed"] is None
+        assert prov["seeds"] == parse_seeds(seeds) and prov["seed"] is None and prov["sampler"] == "pc"
         return samples
 
     eight, first, last = draw("0-7"), draw("0-3"), draw("4,5,6,7")
     assert eight.shape == (8, 2) and len(np.unique(eight[:, 0])) == 8
-    np.testing.assert_allclose(first, eight[:4], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(last, eight[4:], rtol=1e-5, atol=1e-5)
+    assert np.array_equal(first, eight[:4]) and np.array_equal(last, eight[4:])  # bitwise
+    assert np.array_equal(draw("0-7", "--batch-size", "3"), eight)
 
 
 def test_sample_json_reports_the_distance_to_exact_samples(tmp_path):
