@@ -47,6 +47,12 @@ class ResolvedSampler:
         return self.spec.adaptive
 
     @property
+    def per_item(self) -> bool:
+        """Whether, with per-item seeds, an item depends on its seed only (every composed part agrees)."""
+        parts = [p for p in self.components.values() if p is not None]
+        return self.spec.per_item and all(p[0].per_item for p in parts)
+
+    @property
     def stochastic(self) -> bool:
         parts = [p for p in self.components.values() if p is not None]
         return self.spec.stochastic or any(p[0].stochastic for p in parts)
@@ -146,8 +152,10 @@ def sample(score_fn: Callable, sde: SDE, shape: Sequence[int], sampler: str = "p
         steps: grid steps (default: the sampler's ``recommended_steps``).
         schedule: a time-grid name from :mod:`sdekit.grids` (``karras:rho=5`` takes parameters).
         seed: seeds one generator for the whole batch; ``seeds`` instead gives
-            each item its own generator, so an item depends only on its seed
-            (for samplers whose spec says ``per_item``), whatever the batch.
+            each item its own generator, so an item depends only on its seed,
+            whatever the batch, for samplers whose spec says ``per_item``
+            (``provenance["per_item"]`` tells; not ``langevin``, whose step
+            size is a batch mean, nor the adaptive ``ode``).
         batch_size: draw in chunks of at most this many items (memory). With
             ``seeds`` the samples equal one big batch's; with ``seed`` the chunks
             share one generator, so the samples depend on ``batch_size``.
@@ -238,7 +246,7 @@ def sample(score_fn: Callable, sde: SDE, shape: Sequence[int], sampler: str = "p
         **resolved.describe(), "steps": int(steps), "schedule": schedule, "t_min": float(grid[-1]),
         "sde": repr(sde), "shape": list(shape), "dtype": str(dtype).replace("torch.", ""),
         "device": str(device), "seed": None if seeds is not None else int(seed),
-        "seeds": seeds, "batch_size": batch_size, "cond": sorted(cond),
+        "seeds": seeds, "per_item": resolved.per_item, "batch_size": batch_size, "cond": sorted(cond),
         "constraint": None if constraint is None else repr(constraint), "nfe": nfe,
         "wall_time_s": wall, "versions": versions(),
     }

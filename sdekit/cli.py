@@ -445,6 +445,9 @@ def sample(ctx, model_spec, sde_name, sampler, num_samples, steps, schedule, t_m
                   t_min=t_min, seed=seed, seeds=seeds, batch_size=batch_size, device=device, dtype=getattr(torch, dtype),
                   registry=registry, progress=sys.stderr.isatty() if progress is None else progress, options=options)
     samples = result.samples.detach().cpu()
+    if seeds is not None and not result.provenance["per_item"]:
+        click.echo(f"note: {_label(result.provenance)} couples the items of a batch (see 'sdekit samplers show'), "
+                   f"so a sample depends on the batch as well as on its seed", err=True)
 
     exact, metrics = _compare_to_exact(model, samples)
     argv = ctx.meta.get("sdekit.argv", sys.argv[1:])

@@ -29,7 +29,7 @@ def test_provenance_and_counts(registry):
     r = run(registry, "pc", snr=0.2)
     p = r.provenance
     assert p["sampler"] == "pc" and p["predictor"]["name"] == "reverse_diffusion"
-    assert p["corrector"] == {"name": "langevin", "options": {"snr": 0.2, "n_steps": 1, "step_norm": "item"}}
+    assert p["corrector"] == {"name": "langevin", "options": {"snr": 0.2, "n_steps": 1}}
     assert p["steps"] == 30 and r.nfe == p["nfe"] == 60 and p["seed"] == 0
     assert set(p["versions"]) == {"sdekit", "torch", "python"} and r.wall_time > 0
 

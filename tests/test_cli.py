@@ -251,7 +251,8 @@ def test_same_seed_same_samples_other_seed_other_samples(tmp_path):
 def test_seeds_make_each_item_depend_on_its_seed_only(tmp_path):
     def draw(seeds, *extra):
         out = tmp_path / f"{seeds}{''.join(extra)}"
-        ok(run("sample", "--model", "gmm:ring8", "--steps", 30, "--seeds", seeds, "--out", out, *extra))
+        ok(run("sample", "--model", "gmm:ring8", "--steps", 30, "--seeds", seeds, "--out", out,
+               "-o", "corrector=ald", *extra))
         samples, prov = load_samples(out / "samples.npz")
         assert prov["seeds"] == parse_seeds(seeds) and prov["seed"] is None and prov["sampler"] == "pc"
         return samples

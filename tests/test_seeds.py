@@ -32,23 +32,37 @@ def draw(name, sde, seeds, **kw):
 @pytest.mark.parametrize("sde", [VPSDE(), VESDE()], ids=["vp", "ve"])
 @pytest.mark.parametrize("name", REGISTRY.names())
 def test_a_sample_depends_on_its_seed_not_on_the_batch(name, sde):
-    small = draw(name, sde, list(range(8)))
-    large = draw(name, sde, list(range(64)))
+    spec = REGISTRY.get(name)
+    # a corrector that couples items is checked here in pc with a per-item corrector instead
+    kw = {"corrector": "ald"} if name == "pc" else {}
+    small = draw(name, sde, list(range(8)), **kw)
+    large = draw(name, sde, list(range(64)), **kw)
     assert torch.isfinite(large).all()
-    if REGISTRY.get(name).per_item:
+    if spec.per_item:
         assert torch.equal(small, large[:8])
-    else:  # adaptive ODE: the batch shares one step-size sequence, so only the tolerance holds
+    elif spec.adaptive:  # the batch shares one step-size sequence, so only the tolerance holds
         assert not torch.equal(small, large[:8])
         torch.testing.assert_close(small, large[:8], rtol=0, atol=5e-3)
+    else:  # declared coupled (langevin's batch-mean step size): it is
+        assert not torch.equal(small, large[:8])
     # and the seeds do matter: a different seed gives a different sample
-    assert not torch.equal(draw(name, sde, [8] + list(range(1, 8)))[0], small[0])
+    assert not torch.equal(draw(name, sde, [8] + list(range(1, 8)), **kw)[0], small[0])
+
+
+def test_per_item_is_declared_and_recorded():
+    """A composed sampler is per-item only if every part is; provenance says which."""
+    assert not REGISTRY.get("langevin").per_item and not REGISTRY.get("ode").per_item
+    score = GMM.score_fn(VESDE())
+    run = lambda **kw: sdekit.sample(score, VESDE(), (2, GMM.dim), "pc", steps=3, seeds=[0, 1],  # noqa: E731
+                                     registry=REGISTRY, **kw).provenance["per_item"]
+    assert run() is False and run(corrector="ald") is True and run(corrector="none") is True
 
 
 def test_chunked_drawing_equals_one_batch():
     seeds = list(range(20))
-    whole = draw("pc", SubVPSDE(), seeds)
+    whole = draw("pc", SubVPSDE(), seeds, corrector="ald")
     chunked = sdekit.sample(GMM.score_fn(SubVPSDE()), SubVPSDE(), (20, GMM.dim), "pc", steps=STEPS, seeds=seeds,
-                            batch_size=6, registry=REGISTRY)
+                            batch_size=6, registry=REGISTRY, corrector="ald")
     assert torch.equal(whole, chunked.samples)
     assert chunked.provenance["batch_size"] == 6 and chunked.nfe == 4 * 2 * STEPS
 
@@ -60,13 +74,6 @@ def test_chunked_conditioning_is_split_with_the_batch():
     whole = sdekit.sample(GMM.score_fn(VESDE()), VESDE(), (12, GMM.dim), "ddim", **kw).samples
     chunked = sdekit.sample(GMM.score_fn(VESDE()), VESDE(), (12, GMM.dim), "ddim", batch_size=5, **kw).samples
     assert torch.equal(whole, chunked)
-
-
-def test_langevin_batch_norm_couples_items():
-    """The paper's batch-mean step size makes an item depend on the batch; the default does not."""
-    small = draw("langevin", VESDE(), list(range(8)), step_norm="batch")
-    large = draw("langevin", VESDE(), list(range(64)), step_norm="batch")
-    assert not torch.equal(small, large[:8])
 
 
 def test_bad_batch_size_is_a_clear_error():
