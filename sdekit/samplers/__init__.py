@@ -17,6 +17,8 @@ BUILTIN_MODULES = (
     "sdekit.samplers.ald",
     "sdekit.samplers.pc",
     "sdekit.samplers.ode",
+    "sdekit.samplers.heun",
+    "sdekit.samplers.dpm_solver",
     "sdekit.samplers.sde",
 )
 
