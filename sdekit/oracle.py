@@ -99,6 +99,12 @@ class GaussianMixture:
         comp, _ = self._component_log_probs(xf, mu_t, var_t)
         return torch.softmax(log_w + comp, dim=1)
 
+    def log_posterior(self, x: torch.Tensor, t=None, sde: SDE | None = None) -> torch.Tensor:
+        """log p(k | x_t), (B, ...) -> (B, K), without underflow: differentiable in ``x``."""
+        xf, log_w, mu_t, var_t = self._noised(x, t, sde)
+        comp, _ = self._component_log_probs(xf, mu_t, var_t)
+        return torch.log_softmax(log_w + comp, dim=1)
+
     def score(self, x: torch.Tensor, t=None, sde: SDE | None = None, y: torch.Tensor | None = None):
         """grad_x log p_t(x), or of p_t(x | k = y) when labels ``y`` (B,) are given."""
         xf, log_w, mu_t, var_t = self._noised(x, t, sde)
@@ -131,6 +137,47 @@ class GaussianMixture:
         z = torch.randn(x0.shape, generator=generator, dtype=torch.float64)
         return sde.perturb(x0, torch.full((n,), float(t), dtype=torch.float64), z).to(**kw)
 
+    def condition(self, mask, values) -> "GaussianMixture":
+        """The exact law of the unknown coordinates given the known ones: p_0(x[~mask] | x[mask] = values).
+
+        ``mask`` (bool, or 0/1; 1 = known) and ``values`` broadcast to the item
+        shape (values where the mask is 0 are ignored). Component k's unknown
+        part stays N(mu_k[u], diag sigma_k[u]^2) (the components are diagonal)
+        and its weight becomes w_k N(values; mu_k[known], diag sigma_k[known]^2),
+        renormalised (in log space). Returns a mixture with items (n_unknown,),
+        in the item's flattened (C-order) coordinate order.
+        """
+        mask = torch.as_tensor(mask).to("cpu")
+        values = torch.as_tensor(values).to("cpu", torch.float64)
+        try:
+            mask = (mask != 0).expand(self.item_shape).reshape(-1)
+            values = values.expand(self.item_shape).reshape(-1)
+        except RuntimeError:
+            raise ShapeError(f"condition: mask {tuple(mask.shape)} and values {tuple(values.shape)} must "
+                             f"broadcast to the item shape {self.item_shape}") from None
+        if bool(mask.all()) or not bool(mask.any()):
+            raise OptionError("condition: the mask must mark some coordinates known and some unknown")
+        mu, sd = self.means[:, mask], self.stds[:, mask]
+        log_lik = -0.5 * (((values[mask] - mu) / sd) ** 2 + 2 * sd.log() + math.log(2 * math.pi)).sum(1)
+        weights = torch.softmax(self.weights.log() + log_lik, dim=0)
+        return GaussianMixture(weights, self.means[:, ~mask], self.stds[:, ~mask])
+
+    def transform(self, matrix) -> "GaussianMixture":
+        """The law of M x for an orthogonal (D, D) ``matrix`` M acting on flattened items.
+
+        Exact for components with isotropic stds (N(M mu_k, sigma_k^2 I));
+        others raise OptionError. Keeps the item shape. For a (C, C) matrix Q
+        applied along the channels of (C, H, W) items, M = kron(Q, I_{HW}).
+        """
+        m = torch.as_tensor(matrix, dtype=torch.float64)
+        if m.shape != (self.dim, self.dim):
+            raise ShapeError(f"transform needs a ({self.dim}, {self.dim}) matrix, got {tuple(m.shape)}")
+        if not torch.allclose(m @ m.T, torch.eye(self.dim, dtype=torch.float64), atol=1e-10):
+            raise OptionError("transform needs an orthogonal matrix (M M^T = I)")
+        if not bool((self.stds == self.stds[:, :1]).all()):
+            raise OptionError("transform is exact only for components with isotropic stds")
+        return GaussianMixture(self.weights, self.means @ m.T, self.stds, self.item_shape)
+
     def __repr__(self) -> str:
         return f"GaussianMixture(K={self.num_components}, D={self.dim}, item_shape={self.item_shape})"
 
@@ -161,17 +208,41 @@ def random(dim: int = 16, components: int = 8, seed: int = 0, scale: float = 2.0
     return GaussianMixture(weights, means, stds)
 
 
+def image(channels: int = 3, size: int = 4, components: int = 8, seed: int = 0) -> GaussianMixture:
+    """A seeded mixture of tiny images (channels, size, size), values roughly in [-1, 1].
+
+    Components come in pairs that share a gray pattern (the channel mean of
+    the mean, uniform in [-0.5, 0.5]) and a std, and differ in color (zero
+    channel mean, entries within +-0.47): a gray image has two plausible
+    colorings. Weights 0.5-1.5 before normalisation; stds isotropic, uniform
+    in [0.08, 0.15], so :meth:`GaussianMixture.transform` by a channel
+    rotation is exact.
+    """
+    g = torch.Generator().manual_seed(seed)
+    pairs = (components + 1) // 2
+    weights = 0.5 + torch.rand(components, generator=g, dtype=torch.float64)
+    gray = torch.rand(pairs, 1, size, size, generator=g, dtype=torch.float64) - 0.5
+    color = 0.7 * (torch.rand(components, channels, size, size, generator=g, dtype=torch.float64) - 0.5)
+    color -= color.mean(dim=1, keepdim=True)
+    pair = torch.arange(components) // 2
+    means = (gray[pair] + color).reshape(components, -1)
+    stds = (0.08 + 0.07 * torch.rand(pairs, generator=g, dtype=torch.float64))[pair]
+    return GaussianMixture(weights, means, stds, item_shape=(channels, size, size))
+
+
 MIXTURES = {
     "ring8": lambda **kw: ring(8, **kw),
     "grid9": lambda **kw: grid(3, **kw),
     "random": random,
+    "image": image,
 }
 
 
 def named_mixture(spec: str) -> GaussianMixture:
     """A built-in mixture from ``NAME`` or ``NAME:key=value,...``.
 
-    Examples: ``ring8``, ``grid9``, ``random:dim=16,components=8,seed=0``.
+    Examples: ``ring8``, ``grid9``, ``random:dim=16,components=8,seed=0``,
+    ``image:channels=3,size=4,components=8,seed=0``.
     """
     name, _, args = spec.partition(":")
     if name not in MIXTURES:
