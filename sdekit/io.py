@@ -10,6 +10,9 @@ A samples file is an ``.npz`` with two arrays:
 Every writer here goes through :func:`atomic_write`: a temporary file in the
 target's directory, then ``os.replace``, so a reader never sees a half-written
 file and an interrupted run leaves the earlier file intact.
+
+:func:`read_image` and :func:`read_mask` read the inputs of inpainting and
+colorization (:mod:`sdekit.controllable`): PNG/JPEG through PIL, or ``.npy``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from pathlib import Path
 from typing import IO, Iterator
 
 import numpy as np
+import torch
 
 from .errors import SdekitError, ShapeError
 
@@ -111,3 +115,102 @@ def save_scatter(path: str | os.PathLike, samples: np.ndarray, reference: np.nda
     with atomic_write(path) as f:
         fig.savefig(f, format="png", dpi=110)
     return Path(path)
+
+
+# -- images and masks for inpainting and colorization (sdekit.controllable) ----------
+
+def _pil_planes(path: Path, what: str) -> np.ndarray:
+    """A PIL-readable image as (C, H, W) float64 in [0, 1]: C = 1 for gray, 3 for color; alpha dropped."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            mode = img.mode
+            if mode == "F":
+                raise SdekitError(f"cannot read {what} {path}: floating-point images are ambiguous; "
+                                  f"save the array as .npy instead")
+            if mode.startswith("I"):  # 16-bit (or 32-bit integer) gray
+                arr, full = np.asarray(img, dtype=np.float64)[None], 65535.0
+                if arr.min() < 0 or arr.max() > full:
+                    raise SdekitError(f"cannot read {what} {path}: integer pixel values outside 0..65535")
+            elif mode in ("1", "L", "LA"):
+                arr, full = np.asarray(img.convert("L"), dtype=np.float64)[None], 255.0
+            else:  # RGB, RGBA, palette, CMYK, ...: RGB
+                arr, full = np.asarray(img.convert("RGB"), dtype=np.float64).transpose(2, 0, 1), 255.0
+    except (OSError, UnidentifiedImageError, ValueError) as err:
+        raise SdekitError(f"cannot read {what} {path}: {err}") from err
+    return arr / full
+
+
+def _load_npy(path: Path, what: str) -> np.ndarray:
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise SdekitError(f"cannot read {what} {path}: {err}") from err
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+        raise SdekitError(f"cannot read {what} {path}: expected one array of numbers or bools in the .npy file")
+    return arr
+
+
+def read_image(path: str | os.PathLike, item_shape: tuple[int, ...] | None = None) -> torch.Tensor:
+    """Read an image for inpainting or colorization: a float32 torch tensor.
+
+    - ``.npy``: the array as it is (any shape, values unchanged), as float32;
+      read with ``allow_pickle=False``.
+    - anything else through PIL (PNG, JPEG, ...): (C, H, W) with pixel values
+      0..255 (0..65535 for 16-bit gray) mapped linearly to [-1, 1]; gray images
+      (modes 1, L, LA, I) give C = 1, every other mode is converted to RGB,
+      C = 3; alpha is dropped. Floating-point TIFFs are refused (use .npy).
+
+    With ``item_shape``, the result must have exactly that shape. For
+    colorization, a gray image saved as RGB can be reduced with
+    ``read_image(path).mean(0, keepdim=True)``.
+
+    Raises :class:`SdekitError` (:class:`ShapeError` for a wrong shape) naming
+    the file when it cannot be read.
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        arr = _load_npy(path, "image").astype(np.float32)
+    else:
+        arr = (_pil_planes(path, "image") * 2.0 - 1.0).astype(np.float32)
+    if item_shape is not None and tuple(arr.shape) != tuple(item_shape):
+        raise ShapeError(f"image {path} has shape {tuple(arr.shape)}, but the samples' items have shape "
+                         f"{tuple(item_shape)}")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def read_mask(path: str | os.PathLike, item_shape: tuple[int, ...]) -> torch.Tensor:
+    """Read an inpainting mask: a bool torch tensor of shape ``item_shape``, True = known.
+
+    - ``.npy``: bool, or numbers that are all 0 or 1, of any shape that
+      broadcasts to ``item_shape`` (e.g. (1, H, W) for (C, H, W) items).
+    - anything else through PIL (save masks as PNG, not JPEG): a pixel is
+      known where it is nonzero (white) and generated where it is 0 (black).
+      A gray mask (1, H, W) applies to every channel; an RGB mask (3, H, W)
+      gives each channel its own mask; alpha is dropped. For items (H, W) a
+      gray mask is taken as (H, W).
+
+    Raises :class:`SdekitError` (:class:`ShapeError` for a wrong shape) naming
+    the file when it cannot be read, is not binary, or does not fit ``item_shape``.
+    """
+    path, item_shape = Path(path), tuple(int(s) for s in item_shape)
+    if path.suffix.lower() == ".npy":
+        arr = _load_npy(path, "mask")
+        if arr.dtype != np.bool_:
+            if not np.isin(arr, (0, 1)).all():
+                raise SdekitError(f"mask {path} must be binary: bool, or 0 (generate) and 1 (known)")
+            arr = arr != 0
+    else:
+        arr = _pil_planes(path, "mask") != 0
+        if len(item_shape) == 2 and arr.shape[0] == 1:
+            arr = arr[0]
+    try:
+        fits = np.broadcast_shapes(arr.shape, item_shape) == item_shape
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ShapeError(f"mask {path} has shape {tuple(arr.shape)}, which does not broadcast to the "
+                         f"samples' item shape {item_shape}")
+    return torch.from_numpy(np.array(np.broadcast_to(arr, item_shape)))  # a writable copy
