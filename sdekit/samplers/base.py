@@ -23,7 +23,6 @@ noise-free mean, so the last step's mean is a free denoised output.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import re
 import typing
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from typing import Any, Callable, Literal, Mapping
 
 import torch
 
+from ..config import _check_bounds, bounds_text, option  # noqa: F401 (option: re-exported for plugins)
 from ..errors import OptionError, UnknownNameError
 from ..score import denoise as tweedie
 from ..utils import batch_times
@@ -38,12 +38,6 @@ from ..utils import batch_times
 API_VERSION = 1
 KINDS = ("sampler", "predictor", "corrector")
 NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
-
-
-def option(default: Any, help: str, *, ge=None, gt=None, le=None, lt=None, choices=None):
-    """A sampler option: a dataclass field with help text, bounds and choices."""
-    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": tuple(choices) if choices else None}
-    return field(default=default, metadata=meta)
 
 
 @dataclass(frozen=True)
@@ -106,14 +100,6 @@ def _field_type(f: dataclasses.Field, owner: type):
     return hints.get(f.name, type(f.default))
 
 
-def bounds_text(meta: Mapping) -> str:
-    parts = []
-    for key, sym in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
-        if meta.get(key) is not None:
-            parts.append(f"{sym} {meta[key]}")
-    return " and ".join(parts)
-
-
 def describe_option(f: dataclasses.Field) -> dict:
     meta = f.metadata
     return {
@@ -152,22 +138,6 @@ def _convert(value: Any, tp: type, where: str):
             raise OptionError(f"{where} must be a string, got {value!r}")
         return value
     return value
-
-
-def _check_bounds(value, meta: Mapping, where: str):
-    choices = meta.get("choices")
-    if choices and value not in choices:
-        close = difflib.get_close_matches(str(value), choices, n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise OptionError(f"{where} must be one of {', '.join(choices)}, got {value!r}{hint}")
-    ok = all((
-        meta.get("ge") is None or value >= meta["ge"],
-        meta.get("gt") is None or value > meta["gt"],
-        meta.get("le") is None or value <= meta["le"],
-        meta.get("lt") is None or value < meta["lt"],
-    ))
-    if not ok:
-        raise OptionError(f"{where} must be {bounds_text(meta)}, got {value!r}")
 
 
 def build_options(spec: SamplerSpec, raw: Mapping[str, Any]):
