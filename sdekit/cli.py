@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shlex
 import sys
 import traceback
@@ -135,16 +136,34 @@ class Model:
     score_fn: Callable
     exact: Callable | None = None
     description: str = ""
+    #: classes the score function is conditional on (``y=``); 0 for none
+    num_classes: int = 0
+    #: the label value meaning "no class" (None: leave ``y`` out, as the oracle does)
+    null_label: Any = None
+    #: ``classifier(sde)`` -> a noise-aware classifier ``(x, t) -> (B, K)`` logits, or None
+    classifier: Callable | None = None
+    #: ``exact_class(k)`` -> ``exact(n, seed)`` for class k only, or None
+    exact_class: Callable | None = None
 
 
 def _gmm_model(spec: str) -> Model:
     import torch
 
-    from .oracle import named_mixture
+    from .guidance import oracle_classifier
+    from .oracle import GaussianMixture, named_mixture
 
     gmm = named_mixture(spec)
-    return Model(f"gmm:{spec}", gmm.item_shape, gmm.score_fn,
-                 lambda n, seed: gmm.sample(n, torch.Generator().manual_seed(seed)), repr(gmm))
+
+    def exact_for(mix):
+        return lambda n, seed: mix.sample(n, torch.Generator().manual_seed(seed))
+
+    def exact_class(k: int):
+        only = GaussianMixture([1.0], gmm.means[k:k + 1], gmm.stds[k:k + 1], gmm.item_shape)
+        return exact_for(only)
+
+    return Model(f"gmm:{spec}", gmm.item_shape, gmm.score_fn, exact_for(gmm), repr(gmm),
+                 num_classes=gmm.num_components, classifier=lambda sde: oracle_classifier(gmm, sde),
+                 exact_class=exact_class)
 
 
 #: ``--model KIND:SPEC`` kinds. A checkpoint option (``--ckpt``) would build the same Model.
@@ -200,8 +219,19 @@ class State:
         return self._registry
 
 
+def _json_safe(obj):
+    """inf and nan as strings: JSON has no literal for them (strict parsers reject Infinity)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
 def _dump(obj) -> None:
-    click.echo(json.dumps(obj, indent=2, default=str))
+    click.echo(json.dumps(_json_safe(obj), indent=2, default=str, allow_nan=False))
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -355,16 +385,75 @@ def _output_paths(out_dir: Path, overwrite: bool) -> tuple[Path, Path]:
     return paths
 
 
-def _compare_to_exact(model: Model, samples):
+def _compare_to_exact(model: Model, samples, class_: int | None = None):
     """For an exact oracle: (exact samples, metrics) with the sliced Wasserstein distance
-    to exact samples of the same size and its noise floor; (None, None) otherwise."""
+    to exact samples of the same size (of class ``class_`` when given) and its noise
+    floor; (None, None) otherwise."""
     from .metrics import sliced_wasserstein
 
-    if model.exact is None:
+    exact_fn = model.exact if class_ is None or model.exact_class is None else model.exact_class(class_)
+    if exact_fn is None:
         return None, None
-    exact, other = (model.exact(len(samples), s) for s in EXACT_SEEDS)
+    exact, other = (exact_fn(len(samples), s) for s in EXACT_SEEDS)
     return exact, {"sliced_wasserstein": sliced_wasserstein(samples, exact),
-                   "noise_floor": sliced_wasserstein(other, exact), "exact_seeds": list(EXACT_SEEDS)}
+                   "noise_floor": sliced_wasserstein(other, exact), "exact_seeds": list(EXACT_SEEDS),
+                   "exact_class": class_}
+
+
+def _guided_score(model: Model, sde, n: int, device, class_, guidance: str, scale: float, convention):
+    """The score function for --class/--guidance, the conditioning, and a record of the choice."""
+    import torch
+
+    from .guidance import classifier_free_guidance, classifier_guidance
+
+    score_fn = model.score_fn(sde)
+    if class_ is None:
+        if guidance != "none":
+            raise click.UsageError(f"--guidance {guidance} steers toward a class: give it with --class K")
+        return score_fn, None, None
+    if model.num_classes == 0:
+        raise SdekitError(f"--class {class_}: the model {model.spec} is not conditional on a class")
+    if class_ >= model.num_classes:
+        raise SdekitError(f"--class {class_} is out of range: the model {model.spec} has classes "
+                          f"0-{model.num_classes - 1}")
+    cond = {"y": torch.full((n,), class_, dtype=torch.long, device=device)}
+    record = {"class": class_, "kind": guidance, "scale": scale, "convention": convention}
+    if guidance == "cfg":
+        if convention is None:
+            raise click.UsageError("--guidance cfg needs --guidance-convention: s (uncond + s (cond - uncond), "
+                                   "s=1 conditional) or w ((1 + w) cond - w uncond, w=0 conditional)")
+        score_fn = classifier_free_guidance(score_fn, scale, convention=convention, null=model.null_label)
+    elif guidance == "classifier":
+        if model.classifier is None:
+            raise SdekitError(f"--guidance classifier: the model {model.spec} has no noise-aware classifier")
+        uncond = model.score_fn(sde)
+        base = uncond if model.null_label is None else (lambda x, t, **c: uncond(x, t, y=model.null_label, **c))
+        score_fn = classifier_guidance(base, model.classifier(sde), scale)
+    elif scale != 1.0:
+        raise click.UsageError("--guidance-scale needs --guidance cfg or classifier")
+    return score_fn, cond, record
+
+
+def _constraint(model: Model, image_path, mask_path, gray_path):
+    """The inpainting or colorization constraint of --image/--inpaint or --colorize, or None."""
+    from .controllable import Colorize, Inpaint
+    from .io import read_image, read_mask
+
+    if gray_path is not None:
+        if image_path is not None or mask_path is not None:
+            raise click.UsageError("--colorize cannot be combined with --image/--inpaint")
+        if len(model.item_shape) != 3:
+            raise SdekitError(f"--colorize needs image items (C, H, W); the model {model.spec} has items of "
+                              f"shape {model.item_shape}")
+        gray = read_image(gray_path)
+        if gray.shape[0] != 1:
+            gray = gray.mean(0, keepdim=True)
+        return Colorize(gray, channels=model.item_shape[0])
+    if (image_path is None) != (mask_path is None):
+        raise click.UsageError("inpainting needs both --image IMG and --inpaint MASK")
+    if image_path is None:
+        return None
+    return Inpaint(read_image(image_path, model.item_shape), read_mask(mask_path, model.item_shape))
 
 
 def _label(prov: dict) -> str:
@@ -396,6 +485,23 @@ def _label(prov: dict) -> str:
               help="Draw in batches of at most N (memory); with --seeds the samples do not change.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", help="auto: CUDA if present.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", help="Sampling dtype.")
+@click.option("--class", "class_", type=click.IntRange(min=0), metavar="K", default=None,
+              help="Condition every sample on class K (a mixture component of a gmm model).")
+@click.option("--guidance", type=click.Choice(["none", "cfg", "classifier"]), default="none",
+              help="With --class: none samples the conditional score; cfg is classifier-free guidance, "
+                   "classifier adds a noise-aware classifier's gradient (sdekit.guidance).")
+@click.option("--guidance-scale", type=float, metavar="S", default=1.0,
+              help="Guidance scale (cfg: in the --guidance-convention; classifier: 0 unconditional, 1 conditional).")
+@click.option("--guidance-convention", type=click.Choice(["s", "w"]), default=None,
+              help="Required with --guidance cfg: s (uncond + s (cond - uncond); s=1 conditional) "
+                   "or w (Ho and Salimans: (1 + w) cond - w uncond; w=0 conditional).")
+@click.option("--image", "image_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              metavar="IMG", default=None, help="Known image for --inpaint (PNG scaled to [-1, 1], or .npy as is).")
+@click.option("--inpaint", "mask_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              metavar="MASK", default=None, help="Inpaint --image: MASK's white (non-zero) pixels are kept, "
+                                                 "black ones generated.")
+@click.option("--colorize", "gray_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              metavar="GRAY", default=None, help="Colorize a gray image (the samples' channel mean is GRAY).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), metavar="DIR",
               default=Path("out/sample"), help="Directory for samples.npz and samples.png (created).")
 @click.option("--overwrite", is_flag=True, help="Replace samples.npz / samples.png of an earlier run in DIR.")
@@ -404,7 +510,8 @@ def _label(prov: dict) -> str:
 @json_option
 @click.pass_context
 def sample(ctx, model_spec, sde_name, sampler, num_samples, steps, schedule, t_min, option_pairs, seed, seeds,
-           batch_size, device, dtype, out_dir, overwrite, progress, as_json):
+           batch_size, device, dtype, class_, guidance, guidance_scale, guidance_convention, image_path, mask_path,
+           gray_path, out_dir, overwrite, progress, as_json):
     """Draw samples from a model and save them with their provenance.
 
     Writes DIR/samples.npz (arrays 'samples' and 'provenance', a JSON string;
@@ -437,19 +544,25 @@ def sample(ctx, model_spec, sde_name, sampler, num_samples, steps, schedule, t_m
     # everything the library would reject, before looking at (or writing) outputs
     resolve_sampler(sampler, options, registry)
     make_grid(sde, registry.get(sampler).recommended_steps if steps is None else steps, schedule, t_min)
-    resolve_device(device)
+    dev = resolve_device(device)
+    score_fn, cond, guided = _guided_score(model, sde, n, dev, class_, guidance, guidance_scale, guidance_convention)
+    constraint = _constraint(model, image_path, mask_path, gray_path)
+    if constraint is not None:
+        resolve_sampler(sampler, options, registry)  # the library names the samplers that take a constraint
 
     npz_path, png_path = _output_paths(out_dir, overwrite)
 
-    result = draw(model.score_fn(sde), sde, (n, *model.item_shape), sampler, steps=steps, schedule=schedule,
-                  t_min=t_min, seed=seed, seeds=seeds, batch_size=batch_size, device=device, dtype=getattr(torch, dtype),
-                  registry=registry, progress=sys.stderr.isatty() if progress is None else progress, options=options)
+    result = draw(score_fn, sde, (n, *model.item_shape), sampler, steps=steps, schedule=schedule,
+                  t_min=t_min, seed=seed, seeds=seeds, batch_size=batch_size, device=dev, dtype=getattr(torch, dtype),
+                  cond=cond, constraint=constraint, registry=registry,
+                  progress=sys.stderr.isatty() if progress is None else progress, options=options)
+    result.provenance["guidance"] = guided
     samples = result.samples.detach().cpu()
     if seeds is not None and not result.provenance["per_item"]:
         click.echo(f"note: {_label(result.provenance)} couples the items of a batch (see 'sdekit samplers show'), "
                    f"so a sample depends on the batch as well as on its seed", err=True)
 
-    exact, metrics = _compare_to_exact(model, samples)
+    exact, metrics = (None, None) if constraint is not None else _compare_to_exact(model, samples, class_)
     argv = ctx.meta.get("sdekit.argv", sys.argv[1:])
     prov = {**result.provenance, "model": model.spec, "command": shlex.join(["sdekit", *argv]),
             "metrics": metrics}
@@ -469,7 +582,8 @@ def sample(ctx, model_spec, sde_name, sampler, num_samples, steps, schedule, t_m
              f"nfe        {result.nfe}",
              f"wall time  {result.wall_time:.2f} s"]
     if metrics is not None:
-        lines.append(f"sliced W2  {metrics['sliced_wasserstein']:.4f} to exact samples "
+        of = "" if metrics["exact_class"] is None else f" of class {metrics['exact_class']}"
+        lines.append(f"sliced W2  {metrics['sliced_wasserstein']:.4f} to exact samples{of} "
                      f"(noise floor {metrics['noise_floor']:.4f}: two exact sets of {n})")
     click.echo("\n".join(lines))
 

@@ -324,3 +324,79 @@ def test_the_console_script_is_installed_and_exits_cleanly(tmp_path):
     assert failed.stderr.strip().splitlines() == [
         "Error: unknown sampler 'pcc'; did you mean 'pc'? (valid: " + ", ".join(
             sorted(r["name"] for r in json.loads(listed.stdout))) + ")"]
+
+
+# -- guidance and controllable generation ------------------------------------------------
+
+def test_class_conditional_sampling_matches_the_exact_class(tmp_path):
+    report = json.loads(ok(sample(tmp_path / "c", "--json", "--sampler", "ddim", "--class", "3", "-n", "2000",
+                                  "--steps", "300")).stdout)
+    assert report["exact_class"] == 3 and report["provenance"]["guidance"]["class"] == 3
+    assert report["sliced_wasserstein"] < 1.6 * report["noise_floor"]
+    samples, _ = load_samples(report["samples"])
+    angle = np.degrees(np.arctan2(samples[:, 1], samples[:, 0])) % 360
+    assert np.mean(np.abs(angle - 135) < 22.5) > 0.99  # ring8's component 3 sits at 135 degrees
+
+
+def test_classifier_guidance_at_scale_one_is_the_conditional(tmp_path):
+    args = ("--json", "--sampler", "ddim", "--class", "3", "-n", "500", "--seeds", "0-499")
+    plain = load_samples(json.loads(ok(sample(tmp_path / "p", *args)).stdout)["samples"])[0]
+    guided = json.loads(ok(sample(tmp_path / "g", *args, "--guidance", "classifier")).stdout)
+    assert guided["provenance"]["guidance"]["kind"] == "classifier"
+    np.testing.assert_allclose(load_samples(guided["samples"])[0], plain, atol=1e-4)
+
+
+GUIDANCE_ERRORS = {
+    "cfg without convention": (["--class", "1", "--guidance", "cfg"], ["needs --guidance-convention: s"]),
+    "guidance without class": (["--guidance", "classifier"], ["give it with --class K"]),
+    "scale without guidance": (["--class", "1", "--guidance-scale", "2"], ["needs --guidance cfg or classifier"]),
+    "class out of range": (["--class", "8"], ["--class 8 is out of range", "classes 0-7"]),
+    "colorize a vector": (["--colorize", "IMG"], ["--colorize needs image items (C, H, W)"]),
+    "half an inpainting": (["--image", "IMG"], ["needs both --image IMG and --inpaint MASK"]),
+}
+
+
+@pytest.mark.parametrize("case", list(GUIDANCE_ERRORS))
+def test_guidance_and_constraint_errors_are_one_clear_message(case, tmp_path):
+    from PIL import Image
+
+    Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "img.png")
+    args, fragments = GUIDANCE_ERRORS[case]
+    args = [str(tmp_path / "img.png") if a == "IMG" else a for a in args]
+    assert_error(sample(tmp_path / "out", *args), *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def _image_files(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (4, 4, 3), dtype=np.uint8)
+    mask = np.zeros((4, 4), np.uint8)
+    mask[:, :2] = 255  # the left half is known
+    Image.fromarray(image).save(tmp_path / "x.png")
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    Image.fromarray(image.mean(-1).astype(np.uint8)).save(tmp_path / "gray.png")
+    return image.transpose(2, 0, 1) / 127.5 - 1.0
+
+
+def test_inpaint_and_colorize_from_png_files(tmp_path):
+    image = _image_files(tmp_path)
+    model = ("--model", "gmm:image:channels=3,size=4,components=8,seed=0", "--steps", "50", "-n", "16")
+    out = ok(run("sample", *model, "--image", tmp_path / "x.png", "--inpaint", tmp_path / "mask.png",
+                 "--out", tmp_path / "inp", "--json"))
+    samples, prov = load_samples(json.loads(out.stdout)["samples"])
+    assert samples.shape == (16, 3, 4, 4) and prov["constraint"].startswith("Inpaint(")
+    np.testing.assert_allclose(samples[:, :, :, :2], np.broadcast_to(image[:, :, :2], (16, 3, 4, 2)), atol=1e-6)
+    assert samples[:, :, :, 2:].std(0).mean() > 0.05  # the unknown half is generated, not copied
+    out = ok(run("sample", *model, "--colorize", tmp_path / "gray.png", "--out", tmp_path / "col", "--json"))
+    samples, _ = load_samples(json.loads(out.stdout)["samples"])
+    gray = np.floor(((image + 1) * 127.5).mean(0)) / 127.5 - 1  # as PIL stored the gray PNG
+    np.testing.assert_allclose(samples.mean(1), np.broadcast_to(gray, (16, 4, 4)), atol=1e-5)
+
+
+def test_a_whole_sampler_cannot_take_a_constraint(tmp_path):
+    _image_files(tmp_path)
+    result = run("sample", "--model", "gmm:image:channels=3,size=4,components=8,seed=0", "--sampler", "ode",
+                 "--image", tmp_path / "x.png", "--inpaint", tmp_path / "mask.png", "--out", tmp_path / "o")
+    assert_error(result, "need 'pc' or a predictor or corrector", "'ode' is a whole sampler")
