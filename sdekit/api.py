@@ -137,7 +137,7 @@ class Constraint(Protocol):
 
 
 def sample(score_fn: Callable, sde: SDE, shape: Sequence[int], sampler: str = "pc", *,
-           steps: int | None = None, schedule: str = "uniform", t_min: float | None = None,
+           steps: int | None = None, schedule: str | None = None, t_min: float | None = None,
            seed: int = 0, seeds: Sequence[int] | None = None, batch_size: int | None = None,
            device: str | torch.device | None = "cpu", dtype: torch.dtype = torch.float32,
            cond: Mapping[str, Any] | None = None, constraint: Constraint | None = None,
@@ -150,7 +150,8 @@ def sample(score_fn: Callable, sde: SDE, shape: Sequence[int], sampler: str = "p
         score_fn: ``score_fn(x, t, **cond)`` (see :mod:`sdekit.score`).
         sampler: a registered sampler, predictor or corrector name.
         steps: grid steps (default: the sampler's ``recommended_steps``).
-        schedule: a time-grid name from :mod:`sdekit.grids` (``karras:rho=5`` takes parameters).
+        schedule: a time-grid name from :mod:`sdekit.grids` (``karras:rho=5`` takes parameters;
+            default: the sampler's ``recommended_schedule``).
         seed: seeds one generator for the whole batch; ``seeds`` instead gives
             each item its own generator, so an item depends only on its seed,
             whatever the batch, for samplers whose spec says ``per_item``
@@ -190,6 +191,7 @@ def sample(score_fn: Callable, sde: SDE, shape: Sequence[int], sampler: str = "p
     batch_size = n if batch_size is None else min(int(batch_size), n)
     device = resolve_device(device)
     steps = registry.get(sampler).recommended_steps if steps is None else steps
+    schedule = registry.get(sampler).recommended_schedule if schedule is None else schedule
     grid = make_grid(sde, steps, schedule, t_min)
     if seeds is not None:
         if len(seeds) != n:

@@ -318,7 +318,7 @@ def samplers_show(state: State, name, as_json):
              f"  kind               {desc['kind']}",
              f"  stochastic         {'yes' if desc['stochastic'] else 'no'}",
              f"  evals per step     {evals}",
-             f"  recommended steps  {desc['recommended_steps']}",
+             f"  recommended steps  {desc['recommended_steps']} ({desc['recommended_schedule']} grid)",
              f"  requires           {', '.join(desc['requires']) or '-'}",
              f"  api version        {desc['api_version']}",
              f"  plugin             {desc['plugin']}"]
@@ -472,7 +472,7 @@ def _label(prov: dict) -> str:
               show_default="1000, or one per --seeds", help="Number of samples.")
 @click.option("--steps", type=click.IntRange(min=1), metavar="N", default=None,
               show_default="the sampler's recommended steps", help="Time-grid steps.")
-@click.option("--schedule", metavar="NAME[:K=V]", default="uniform",
+@click.option("--schedule", metavar="NAME[:K=V]", default=None, show_default="the sampler's recommended",
               help="Time grid: uniform, logsnr, karras[:rho=7] or quadratic (sdekit.grids).")
 @click.option("--t-min", type=float, metavar="T", default=None, show_default="the SDE's t_min",
               help="Last time of the grid.")
@@ -543,7 +543,8 @@ def sample(ctx, model_spec, sde_name, sampler, num_samples, steps, schedule, t_m
     sde = SDES[sde_name]()
     # everything the library would reject, before looking at (or writing) outputs
     resolve_sampler(sampler, options, registry)
-    make_grid(sde, registry.get(sampler).recommended_steps if steps is None else steps, schedule, t_min)
+    spec = registry.get(sampler)
+    make_grid(sde, spec.recommended_steps if steps is None else steps, schedule or spec.recommended_schedule, t_min)
     dev = resolve_device(device)
     score_fn, cond, guided = _guided_score(model, sde, n, dev, class_, guidance, guidance_scale, guidance_convention)
     constraint = _constraint(model, image_path, mask_path, gray_path)

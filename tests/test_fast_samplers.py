@@ -160,7 +160,7 @@ def test_evaluations_and_callbacks(name, options, nfe):
     seen = []
     result = draw(name, sde, 20, callback=lambda i, t, x: seen.append((i, t, x.clone())), **options)
     assert result.nfe == nfe
-    grid = make_grid(sde, 20).tolist()
+    grid = make_grid(sde, 20, REGISTRY.get(name).recommended_schedule).tolist()
     assert [(i, t) for i, t, _ in seen] == list(enumerate(grid[1:]))
     if options.get("denoise", "none") == "none":
         assert torch.equal(seen[-1][2], result.samples)

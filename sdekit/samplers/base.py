@@ -72,6 +72,8 @@ class SamplerSpec:
     requires: tuple[str, ...] = ()
     #: grid steps at which the docs and conformance tests hold the sampler to its quality bound
     recommended_steps: int = 1000
+    #: the time grid (:mod:`sdekit.grids`) used when the caller names none
+    recommended_schedule: str = "uniform"
     #: option name -> kind of registered step it names (``pc``: predictor, corrector)
     components: Mapping[str, str] = field(default_factory=dict)
     api_version: int = API_VERSION
@@ -86,6 +88,7 @@ class SamplerSpec:
             "stochastic": self.stochastic, "evals_per_step": self.evals_per_step,
             "adaptive": self.adaptive, "per_item": self.per_item,
             "requires": list(self.requires), "recommended_steps": self.recommended_steps,
+            "recommended_schedule": self.recommended_schedule,
             "api_version": self.api_version,
             "options": [describe_option(f) for f in self.option_fields()],
         }
