@@ -23,7 +23,7 @@ import torch
 from sdekit.grids import make_grid
 from sdekit.oracle import named_mixture
 from sdekit.registry import load_registry
-from sdekit.samplers import build_options
+from sdekit.api import run_on_grid
 from sdekit.sde import VESDE, VPSDE
 from sdekit.solvers import odeint_reverse
 
@@ -44,14 +44,7 @@ EVALS_PER_STEP = {"ode": 1, "ddim": 1, "heun": 2, "dpm_solver": 1}
 
 def run(registry, name, sde, score_fn, x, grid, options):
     """A registered sampler (or a predictor, step by step) from ``x`` on ``grid``, drawing no noise."""
-    spec = registry.get(name)
-    opts = build_options(spec, options)
-    if spec.kind == "sampler":
-        return spec.fn(sde, score_fn, x, grid, options=opts, noise=None)
-    times = grid.tolist()
-    for t_cur, t_next in zip(times[:-1], times[1:]):
-        x, _ = spec.fn(sde, score_fn, x, t_cur, t_next, options=opts, noise=None)
-    return x
+    return run_on_grid(name, sde, score_fn, x, grid, registry=registry, **options)
 
 
 def fitted_order(steps, errors) -> float:

@@ -12,10 +12,10 @@ The public API::
 
 __version__ = "0.1.0"
 
-from .api import SampleResult, sample
+from .api import SampleResult, run_on_grid, sample
 from .errors import OptionError, PluginError, SdekitError, ShapeError, UnknownNameError
 from .registry import Registry, load_registry
 from .sde import SDE, SDES, ReverseSDE, SubVPSDE, VESDE, VPSDE
 
 __all__ = ["SDE", "SDES", "OptionError", "PluginError", "Registry", "ReverseSDE", "SampleResult", "SdekitError",
-           "ShapeError", "SubVPSDE", "UnknownNameError", "VESDE", "VPSDE", "__version__", "load_registry", "sample"]
+           "ShapeError", "SubVPSDE", "UnknownNameError", "VESDE", "VPSDE", "__version__", "load_registry", "run_on_grid", "sample"]

@@ -255,6 +255,26 @@ def sample(score_fn: Callable, sde: SDE, shape: Sequence[int], sampler: str = "p
     return SampleResult(x, nfe, wall, provenance)
 
 
+def run_on_grid(name: str, sde: SDE, score_fn: Callable, x: torch.Tensor, grid: torch.Tensor, *,
+                registry: Registry | None = None, noise: Callable | None = None, **options) -> torch.Tensor:
+    """Run one registered sampler, predictor or corrector from the state ``x`` on ``grid``.
+
+    The low-level counterpart of :func:`sample`: no prior draw, no composition,
+    no bookkeeping; a step function runs step by step over the grid. ``noise``
+    is the noise source (``None`` for deterministic settings, which then never
+    draw). Convergence studies start here from a given state on a given grid.
+    """
+    registry = registry if registry is not None else load_registry()
+    spec = registry.get(name)
+    opts = build_options(spec, options)
+    if spec.kind == "sampler":
+        return spec.fn(sde, score_fn, x, grid, options=opts, noise=noise)
+    times = grid.tolist()
+    for t_cur, t_next in zip(times[:-1], times[1:]):
+        x, _ = spec.fn(sde, score_fn, x, t_cur, t_next, options=opts, noise=noise)
+    return x
+
+
 def _slice(value, lo: int, hi: int, n: int):
     """A chunk's share of a conditioning value: per-item tensors are split, others passed whole."""
     if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n and hi - lo < n:

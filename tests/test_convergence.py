@@ -36,7 +36,7 @@ import torch
 from sdekit.grids import make_grid
 from sdekit.oracle import named_mixture
 from sdekit.registry import load_registry
-from sdekit.samplers import build_options
+from sdekit.api import run_on_grid
 from sdekit.sde import VESDE, VPSDE
 from sdekit.solvers import odeint_reverse
 
@@ -59,16 +59,9 @@ CASES = [
 
 
 def solve(name, sde, score_fn, x, grid, registry=REGISTRY, **options):
-    """Run a registered sampler (a whole sampler, or a predictor step by step) from ``x`` on
-    ``grid``, with no noise source: only deterministic settings may be run here."""
-    spec = registry.get(name)
-    opts = build_options(spec, options)
-    if spec.kind == "sampler":
-        return spec.fn(sde, score_fn, x, grid, options=opts, noise=None)
-    times = grid.tolist()
-    for t_cur, t_next in zip(times[:-1], times[1:]):
-        x, _ = spec.fn(sde, score_fn, x, t_cur, t_next, options=opts, noise=None)
-    return x
+    """A registered sampler (or a predictor step by step) from ``x`` on ``grid``, with no noise
+    source: only deterministic settings may be run here."""
+    return run_on_grid(name, sde, score_fn, x, grid, registry=registry, **options)
 
 
 def fitted_order(steps, errors):
