@@ -117,6 +117,41 @@ def save_scatter(path: str | os.PathLike, samples: np.ndarray, reference: np.nda
     return Path(path)
 
 
+def image_grid(images, nrow: int | None = None, *, pad: int = 1, scale: int = 1) -> np.ndarray:
+    """Images (B, C, H, W) tiled row by row into one uint8 array (H', W', C), C 1 or 3.
+
+    ``images`` are floats in [-1, 1] (sdekit's scale; clipped, mapped as
+    :func:`sdekit.data.to_images`) or uint8 pixels, as a tensor or array.
+    ``nrow`` images per row (default: ceil(sqrt(B))); ``pad`` gray (128) pixels
+    around every tile; then every pixel repeated ``scale`` x ``scale`` times.
+    """
+    from .data import to_images  # data imports this module
+
+    x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images).detach().cpu()
+    if x.ndim != 4 or x.shape[0] == 0 or x.shape[1] not in (1, 3):
+        raise ShapeError(f"need images (B, C, H, W) with B > 0 and C 1 or 3 to tile, got {tuple(x.shape)}")
+    pixels = (x if x.dtype == torch.uint8 else to_images(x.to(torch.float32))).numpy()
+    b, c, h, w = pixels.shape
+    nrow = max(1, min(int(nrow or np.ceil(np.sqrt(b))), b))
+    rows = -(-b // nrow)
+    grid = np.full((pad + rows * (h + pad), pad + nrow * (w + pad), c), 128, dtype=np.uint8)
+    for i in range(b):
+        top, left = pad + (i // nrow) * (h + pad), pad + (i % nrow) * (w + pad)
+        grid[top:top + h, left:left + w] = pixels[i].transpose(1, 2, 0)
+    return grid.repeat(scale, axis=0).repeat(scale, axis=1) if scale > 1 else grid
+
+
+def save_image_grid(path: str | os.PathLike, images, nrow: int | None = None, *, pad: int = 1,
+                    scale: int = 1) -> Path:
+    """Write :func:`image_grid` of ``images`` as a PNG at ``path``, atomically (gray for C = 1, else RGB)."""
+    from PIL import Image
+
+    grid = image_grid(images, nrow, pad=pad, scale=scale)
+    with atomic_write(path) as f:
+        Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(f, format="PNG")
+    return Path(path)
+
+
 # -- images and masks for inpainting and colorization (sdekit.controllable) ----------
 
 def _pil_planes(path: Path, what: str) -> np.ndarray:
