@@ -470,8 +470,21 @@ def load_config(path: str | os.PathLike | None, schema: type, overrides: Iterabl
 
     Raises :class:`ConfigError` naming the file or override, the key path and what is allowed.
     """
-    src = _Sources(None if path is None else str(path))
     data = {} if path is None else read_toml(path)
+    return _from_tree(data, schema, None if path is None else str(path), overrides)
+
+
+def loads_config(text: str, schema: type, source: str, overrides: Iterable[str] = ()) -> Any:
+    """:func:`load_config` from TOML text (a checkpoint's saved config, say); errors name ``source``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"invalid TOML: {err}", source=source) from None
+    return _from_tree(data, schema, source, overrides)
+
+
+def _from_tree(data: dict, schema: type, source: str | None, overrides: Iterable[str]) -> Any:
+    src = _Sources(source)
     for text in overrides:
         keys, value, value_text = parse_override(text)
         _apply_override(data, keys, value, value_text)

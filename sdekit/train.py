@@ -55,7 +55,6 @@ import math
 import os
 import sys
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -67,8 +66,8 @@ from torch import nn
 
 from .api import resolve_device, sample
 from .checkpoint import CheckpointManager, capture_rng_state, load_checkpoint, restore_rng_state
-from .config import (ConfigError, OptimConfig, SampleConfig, SDEConfig, TrainConfig, _build_section, _Sources,
-                     dump_config, make_schema, save_config)
+from .config import (ConfigError, OptimConfig, SampleConfig, SDEConfig, TrainConfig, dump_config, loads_config,
+                     make_schema, save_config)
 from .data import DataConfig, Dataset, load_dataset
 from .errors import SdekitError
 from .losses import LossConfig, make_loss
@@ -243,11 +242,7 @@ def _start_distributed(device_type: str) -> _Dist:
 
 def config_from_text(text: str, source: str) -> Any:
     """A RunConfig from TOML text (a checkpoint's saved config); errors name ``source``."""
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"invalid TOML: {err}", source=source) from None
-    return _build_section(RunConfig, data, (), _Sources(source))
+    return loads_config(text, RunConfig, source)
 
 
 def _section_diff(old: Any, new: Any, section: str) -> list[str]:
@@ -630,8 +625,9 @@ class Run:
 
     ``score_fn(x, t, **cond)`` is sdekit's score contract (None for a
     classifier, whose ``classifier_fn(x, t) -> (B, K)`` logits is set instead);
-    ``num_classes`` > 0 means ``y`` labels in [0, num_classes), and the label
-    ``num_classes`` is the null class (classifier-free guidance).
+    ``num_classes`` and ``classes`` describe the data's labels; when the score
+    network is :attr:`conditional`, it takes ``y`` labels in [0, num_classes)
+    and the label ``num_classes`` is its null class (classifier-free guidance).
     """
 
     config: Any
@@ -646,9 +642,14 @@ class Run:
     path: Path
 
     @property
+    def conditional(self) -> bool:
+        """Whether the score network takes class labels ``y`` (it was built with model.num_classes > 0)."""
+        return self.score_fn is not None and self.config.model.num_classes > 0
+
+    @property
     def null_label(self) -> int | None:
         """The label of the learned null class (conditional score networks), else None."""
-        return self.num_classes if self.num_classes and self.score_fn is not None else None
+        return self.config.model.num_classes if self.conditional else None
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:

@@ -181,7 +181,7 @@ def test_sample_errors_are_one_clear_message(case, tmp_path):
 
 
 def test_sample_without_a_model_says_how_to_name_one(tmp_path):
-    assert_error(run("sample", *SMALL, "--out", tmp_path / "out"), "--model KIND:SPEC, e.g. --model gmm:ring8")
+    assert_error(run("sample", *SMALL, "--out", tmp_path / "out"), "--model KIND:SPEC (e.g. --model gmm:ring8)", "--ckpt RUN")
 
 
 def test_parse_seeds_ranges_and_lists():
