@@ -10,7 +10,9 @@ Typical use (``sdekit train --config configs/digits_vp.toml --workdir runs/digit
 A workdir holds::
 
     config.toml                  the resolved config of the latest start (written atomically)
-    checkpoints/ckpt_<step>.pt   model, EMA, optimizer, step, RNG states, resolved config, data shape
+    checkpoints/ckpt_<step>.pt   model, EMA, optimizer, step, RNG states, resolved config, data shape;
+                                 the last train.keep_last, and best.pt: the lowest held-out loss (EMA
+                                 weights) at a checkpoint step, when there are held-out items and evals
     tb/                          TensorBoard: loss (overall and per fifth of [0, T]), lr, gradient norm,
                                  throughput, held-out loss, samples, the config as text
     samples/step_<step>.png/.npz samples drawn with the EMA weights every train.sample_every steps
@@ -382,7 +384,7 @@ def _train(config, workdir: Path, device: torch.device, dist: _Dist, resume: boo
     if resume:
         loaded = manager.load_latest()
         if loaded is None:
-            say(f"no checkpoint in {manager.dir} to resume from: starting at step 0")
+            say(f"no checkpoint in {manager.dir} to resume from: a new run, starting at step 0")
         else:
             start = resumed_from = _restore(loaded, config, dataset, net, ema, optimizer, say)
     dist.barrier()  # every rank has read the checkpoints before rank 0 writes
@@ -509,8 +511,10 @@ def _train(config, workdir: Path, device: torch.device, dist: _Dist, resume: boo
             if not (main and (eval_now or sample_now or ckpt_now)):
                 continue
             pause = time.perf_counter()
-            if eval_now:
+            value = None
+            if eval_now or (ckpt_now and tc.eval_every and len(held_out) > 0):  # best.pt: lowest held-out loss
                 value = _evaluate(objective, ema, sde, config, held_out, device)
+            if eval_now:
                 writer.add_scalar("eval/loss", value, done)
                 emit(f"step {done}: held-out loss {value:.4g} (EMA weights, {len(held_out)} items)")
             if sample_now:
@@ -519,7 +523,7 @@ def _train(config, workdir: Path, device: torch.device, dist: _Dist, resume: boo
                 except SdekitError as err:  # a bad [sample] section must not cost the training run
                     emit(f"warning: sampling at step {done} failed, training goes on: {err}")
             if ckpt_now:
-                last_ckpt = manager.save(done, snapshot(done))
+                last_ckpt = manager.save(done, snapshot(done), metric=value)
                 if bar is None:
                     emit(f"step {done}: checkpoint {last_ckpt}")
             paused += time.perf_counter() - pause

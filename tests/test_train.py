@@ -301,3 +301,22 @@ def test_cifar_configs_run_two_steps_on_fake_data(tmp_path, name, amp):
     summary = train(cfg, tmp_path / "run", log=quiet)
     assert summary["step"] == 2 and math.isfinite(summary["final_loss"])
     assert load_run(tmp_path / "run").item_shape == (3, 32, 32)
+
+
+def test_best_checkpoint_is_the_lowest_held_out_loss(tmp_path):
+    from sdekit.checkpoint import checkpoint_info
+
+    train(config("data.holdout=0.25", "train.eval_every=100", "train.checkpoint_every=2", "train.steps=6",
+                 "train.keep_last=1"), tmp_path, log=quiet)
+    folder = tmp_path / "checkpoints"
+    assert ckpt_files(tmp_path) == ["ckpt_00000006.pt"]  # keep_last 1, and best.pt besides
+    best = checkpoint_info(folder / "best.pt")
+    # the held-out losses of the EMA weights at steps 2, 4, 6, recomputed from scratch
+    losses = {}
+    for step in (2, 4, 6):
+        train(config("data.holdout=0.25", "train.eval_every=100", f"train.checkpoint_every={step}",
+                     f"train.steps={step}"), tmp_path / f"s{step}", log=quiet)
+        losses[step] = checkpoint_info(tmp_path / f"s{step}" / "checkpoints" / "best.pt")["metric"]
+    assert best["step"] == min(losses, key=losses.get)
+    assert best["metric"] == pytest.approx(min(losses.values()), rel=1e-6)
+    assert len(set(losses.values())) == 3  # three different weights: the choice means something
