@@ -1,6 +1,6 @@
 """Likelihoods of score-based models: the probability-flow ODE, bits/dim and the ELBO.
 
-**Exact likelihood of the ODE model** (Song et al. 2021, sec. 4.3 and app. D.2).
+**Exact likelihood of the ODE model** (Song et al. 2021, sec. 4.3 and app. D).
 The probability-flow ODE ``dx/dt = v(x, t) = f(x, t) - g(t)^2 score(x, t) / 2``
 (:meth:`SDE.reverse` with ``probability_flow=True``) carries p_t along its paths,
 and the instantaneous change of variables (Chen et al. 2018) gives::
@@ -21,10 +21,11 @@ dequantization ``y = k + u`` of the integer levels, model space
 ``x = 2 y / levels - 1``, ``log p(y) = log p(x) + D log(2 / levels)``.
 
 **The ELBO** (Song, Durkan, Murray and Ermon 2021, "Maximum likelihood
-training of score-based diffusion models", Thm. 1 and its per-datapoint form,
-app. A), :func:`elbo`: a lower bound on log p_{t_min}(x) of the *SDE* model
-(the reverse SDE from the prior with the given score), estimated by Monte
-Carlo over t and the noise; see its docstring for the derivation.
+training of score-based diffusion models": the per-datapoint bound behind their
+Thm. 1, in the denoising score matching form), :func:`elbo`: a lower bound on
+log p_{t_min}(x) of the *SDE* model (the reverse SDE from the prior with the
+given score), not of the ODE model, estimated by Monte Carlo over t and the
+noise; see its docstring for the derivation.
 
 Everything stays on ``x``'s device, in ``x``'s dtype for the score calls; the
 returned log-densities are float64. The score contract is sdekit's
@@ -167,7 +168,7 @@ class _AugmentedField:
 
     def __call__(self, t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]):
         x = state[0]
-        times = t.to(x.dtype).reshape(1).expand(x.shape[0])  # (B,) on x's device
+        times = t.to(x.dtype).reshape(1).repeat(x.shape[0])  # (B,) on x's device
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             score = self.score_fn(x, times, **self.cond)
@@ -231,7 +232,7 @@ def log_likelihood(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, *, t_min: float
     _check_items(x, item_shape)
     if not x.is_floating_point():
         raise OptionError(f"x must be a floating tensor, got {x.dtype} (for pixels use bits_per_dim)")
-    _check_choice("ODE method for likelihoods (adaptive methods only)", method, ODE_ADAPTIVE)
+    _check_choice("adaptive ODE method", method, ODE_ADAPTIVE)
     _check_choice("divergence", divergence, DIVERGENCES)
     _check_choice("Hutchinson probe", probe, PROBES)
     _check_count("num_probes", num_probes)
@@ -363,8 +364,9 @@ def elbo(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, *, t_min: float | None = 
          cond: Mapping | None = None, item_shape: Sequence[int] | None = None) -> torch.Tensor:
     """A Monte Carlo estimate of the continuous-time ELBO on log p_{t_min}(x), (B,) float64 nats.
 
-    The bound (Song, Durkan, Murray and Ermon 2021, Thm. 1 per datapoint, in
-    the denoising score matching form). Start the forward SDE at ``a = t_min``
+    The bound (Song, Durkan, Murray and Ermon 2021, per datapoint, in the
+    denoising score matching form; the div f sign below is derived here and
+    checked against closed forms in tests/test_likelihood.py). Start the forward SDE at ``a = t_min``
     from ``x``: ``x_t = alpha x + sigma z`` (:func:`_kernel_from`), whose
     conditional score is ``c = -z / sigma``. For the model p^SDE (the reverse
     SDE from the prior pi with score s = score_fn)::
@@ -392,7 +394,10 @@ def elbo(sde: SDE, score_fn: ScoreFn, x: torch.Tensor, *, t_min: float | None = 
     [a, T] (``w = T - a``) or, with ``importance_sampling``, log-SNR uniform,
     density g^2 / s(t)^2 of the SDE's marginal (:class:`sdekit.losses.LogSNRTimes`,
     ``w = Z s(t)^2 / g^2``). The estimate is unbiased; its standard error falls
-    as 1 / sqrt(num_times) (estimate it by repeating items in the batch).
+    as 1 / sqrt(num_times) (estimate it by repeating items in the batch). What
+    remains is mostly the fluctuation of ``g^2 |z|^2 / v`` (v the marginal
+    variance): with the exact score, one estimate at ``num_times=16`` has a
+    standard deviation of about 4 nats on ring8 and 10 on a 16-D mixture.
 
     Randomness from ``generator``, per time draw: t (float64), then z, on x's
     device. The score is called as ``score_fn(x_t, t, **cond)`` in x's dtype;
