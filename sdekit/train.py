@@ -365,6 +365,8 @@ def _train(config, workdir: Path, device: torch.device, dist: _Dist, resume: boo
     objective = make_objective(config, sde)
     torch.manual_seed(tc.seed)
     net = build_model(config.model, dataset.item_shape).to(device)
+    if dataset.kind == "image":  # NHWC convolutions: ~1.1x a digits step on the CPU, faster on CUDA too
+        net = net.to(memory_format=torch.channels_last)
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     optimizer = config.optim.build(net.parameters())
     registry = None
@@ -402,6 +404,8 @@ def _train(config, workdir: Path, device: torch.device, dist: _Dist, resume: boo
     rows = _Rows(adapter(module, sde, config.model), lo, hi)
 
     data_x, data_y = dataset.x.to(device), None if dataset.y is None else dataset.y.to(device)
+    if dataset.kind == "image":
+        data_x = data_x.contiguous(memory_format=torch.channels_last)
     conditional = config.model.num_classes > 0
     batches = EpochBatches(len(dataset), tc.batch_size, tc.seed)
     noise = torch.Generator(device).manual_seed(0)
