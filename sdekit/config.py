@@ -709,6 +709,9 @@ class TrainConfig:
     log_every: int = option(100, "log the loss every this many steps", ge=1)
     eval_every: int = option(1000, "evaluate every this many steps (0: never)", ge=0)
     sample_every: int = option(5000, "draw and save samples every this many steps (0: never)", ge=0)
+    bpd_every: int = option(0, "held-out bits/dim through the probability-flow ODE every this many steps, as "
+                               "TensorBoard likelihood/* (0: never)", ge=0)
+    bpd_items: int = option(128, "items (held-out, else training) scored by bpd_every", ge=2)
     checkpoint_every: int = option(1000, "save a checkpoint every this many steps (and at the end)", ge=1)
     keep_last: int = option(3, "checkpoints kept besides the best", ge=1)
     device: str = option("auto", "auto (CUDA when available), cpu or cuda", choices=("auto", "cpu", "cuda"))

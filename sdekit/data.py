@@ -165,6 +165,9 @@ class Dataset:
     holdout: float = 0.0
     seed: int = 0
     mixture: GaussianMixture | None = None
+    #: the number of evenly spaced values each coordinate takes in [-1, 1] (17 for the digits, 256 for 8-bit
+    #: images), or None for continuous data; likelihoods of discrete data are reported in dequantized bits/dim
+    levels: int | None = None
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -359,7 +362,7 @@ def _digits():
 
 def load_dataset(config: DataConfig) -> Dataset:
     """The data ``config`` names, in memory (see the module docstring)."""
-    mixture, classes = None, ()
+    mixture, classes, levels = None, (), None
     if config.name in TOYS or config.name.startswith("gmm:"):
         generator = torch.Generator().manual_seed(config.seed)
         if config.name in TOYS:
@@ -370,19 +373,24 @@ def load_dataset(config: DataConfig) -> Dataset:
         x = x.to(torch.float32)
     elif config.name == "digits":
         x, y, classes = _digits()
+        levels = 17
     elif config.name == "folder":
         x, y, classes = _read_folder(Path(config.path), config.image_size)
+        levels = 256 if config.image_size is None else None
     else:
         path = Path(config.path)
         arr, labels, key = _read_arrays(path)
         x = _array_items(arr, f"{path} ({key})")
         y = None if labels is None else _labels(labels, len(x), f"{path} (key 'y')")
+        levels = {"b": 2, "i": 256, "u": 256}.get(arr.dtype.kind) if x.ndim == 4 else None
     if x.ndim == 4 and config.image_size is not None and config.name != "folder":
         x = _fit(x, config.image_size)
+        levels = None  # resampled pixels are no longer on the levels
     if x.ndim != 4 and (config.image_size is not None or config.flip):
         key = "image_size" if config.image_size is not None else "flip"
         raise ConfigError(f"applies to images, but {config.name!r} holds vectors of shape {tuple(x.shape[1:])}",
                           f"data.{key}")
     num_classes = 0 if y is None else (mixture.num_components if mixture is not None else int(y.max()) + 1)
     return Dataset(x=x.contiguous(), y=y, num_classes=max(num_classes, len(classes)), classes=classes,
-                   name=config.name, flip=config.flip, holdout=config.holdout, seed=config.seed, mixture=mixture)
+                   name=config.name, flip=config.flip, holdout=config.holdout, seed=config.seed, mixture=mixture,
+                   levels=levels)

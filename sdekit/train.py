@@ -14,7 +14,8 @@ A workdir holds::
                                  the last train.keep_last, and best.pt: the lowest held-out loss (EMA
                                  weights) at a checkpoint step, when there are held-out items and evals
     tb/                          TensorBoard: loss (overall and per fifth of [0, T]), lr, gradient norm,
-                                 throughput, held-out loss, samples, the config as text
+                                 throughput, held-out loss, held-out bits/dim (likelihood/*, the tags of
+                                 sdekit likelihood), samples, the config as text
     samples/step_<step>.png/.npz samples drawn with the EMA weights every train.sample_every steps
 
 Objective. A score network (``model.arch`` unet or mlp) minimises the loss of
@@ -488,8 +489,9 @@ def _train(config, workdir: Path, device: torch.device, dist: _Dist, resume: boo
             log_now = done % tc.log_every == 0 or done == tc.steps
             eval_now = bool(tc.eval_every) and done % tc.eval_every == 0 and len(held_out) > 0
             sample_now = registry is not None and done % tc.sample_every == 0
+            bpd_now = bool(tc.bpd_every) and done % tc.bpd_every == 0 and config.model.arch != "classifier"
             ckpt_now = done % tc.checkpoint_every == 0 or done == tc.steps
-            if device.type == "cpu" or log_now or eval_now or sample_now or ckpt_now:
+            if device.type == "cpu" or log_now or eval_now or sample_now or ckpt_now or bpd_now:
                 check(done)
             if log_now:
                 loss, buckets = meter.flush(dist)
@@ -512,7 +514,7 @@ def _train(config, workdir: Path, device: torch.device, dist: _Dist, resume: boo
                 else:
                     emit(f"step {done}/{tc.steps}  loss {loss:.4g}  lr {lr:.3g}  grad norm {norm:.3g}  "
                          f"{rate:.3g} steps/s ({rate * tc.batch_size:.4g} examples/s)")
-            if not (main and (eval_now or sample_now or ckpt_now)):
+            if not (main and (eval_now or sample_now or ckpt_now or bpd_now)):
                 continue
             pause = time.perf_counter()
             value = None
@@ -521,6 +523,9 @@ def _train(config, workdir: Path, device: torch.device, dist: _Dist, resume: boo
             if eval_now:
                 writer.add_scalar("eval/loss", value, done)
                 emit(f"step {done}: held-out loss {value:.4g} (EMA weights, {len(held_out)} items)")
+            if bpd_now:
+                value_bpd = _bits_per_dim(ema, sde, config, held_out if len(held_out) else dataset, device, writer, done)
+                emit(f"step {done}: held-out bits/dim {value_bpd:.4f} (EMA weights, probability-flow ODE)")
             if sample_now:
                 try:
                     _sample(ema, sde, config, dataset, device, registry, writer, workdir, done)
@@ -593,6 +598,26 @@ def _evaluate(objective, ema: nn.Module, sde: SDE, config, held_out: Dataset, de
         cond = {"y": held_out.y[lo:lo + size].to(device)} if config.model.num_classes else {}
         total += float(objective(fn, x0, gen, cond).sum())
     return total / len(held_out)
+
+
+def _bits_per_dim(ema: nn.Module, sde: SDE, config, items: Dataset, device, writer, step: int) -> float:
+    """Bits/dim of the first train.bpd_items items with the EMA weights, written as likelihood/* (the tags of
+    ``sdekit likelihood``); Hutchinson divergence, one probe, seeds fixed across steps."""
+    from .analysis import analyze, write_tensorboard
+
+    score_fn = network_score_fn(ema, sde, config.model)
+    if config.model.num_classes:  # the unconditional likelihood, through the null class
+        score_fn = _with_label(score_fn, config.model.num_classes)
+    x = items.x[:config.train.bpd_items].to(device)
+    labels = None if items.y is None else items.y[:config.train.bpd_items]
+    report = analyze(sde, score_fn, x, labels=labels, classes=items.classes, levels=items.levels,
+                     batch_size=config.train.batch_size, seed=stream_seed(config.train.seed, _EVAL))
+    write_tensorboard(report, None, step, writer=writer)
+    return report.summary()["bpd"]
+
+
+def _with_label(score_fn: Callable, label: int) -> Callable:
+    return lambda x, t, **cond: score_fn(x, t, y=torch.full((x.shape[0],), label, device=x.device), **cond)
 
 
 def _sample(ema: nn.Module, sde: SDE, config, dataset: Dataset, device, registry, writer, workdir: Path,

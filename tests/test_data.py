@@ -287,3 +287,19 @@ def test_flips_flip_and_batches_are_reproducible():
     everything = torch.cat([bt.x for bt in a])
     assert torch.equal(everything.sort(0).values, labelled.x.sort(0).values)  # one pass, every item once
     assert [len(bt.x) for bt in run(1, drop_last=True)] == [96] * 10
+
+
+def test_levels_say_which_data_are_discrete(tmp_path):
+    """Likelihoods of discrete data are dequantized with these levels; continuous data have none."""
+    assert load("digits").levels == 17
+    assert torch.equal(((load("digits").x + 1) * 8), ((load("digits").x + 1) * 8).round())  # on the 17 levels
+    _png(tmp_path / "img" / "a.png", _pixels(0, (4, 4)))
+    assert load("folder", path=str(tmp_path / "img")).levels == 256
+    assert load("folder", path=str(tmp_path / "img"), image_size=2).levels is None  # resampled
+    np.save(tmp_path / "u8.npy", _pixels(1, (3, 1, 4, 4)))
+    np.save(tmp_path / "f.npy", np.zeros((3, 1, 4, 4), np.float32))
+    np.save(tmp_path / "v.npy", np.zeros((3, 2), np.int64))
+    assert load("npy", path=str(tmp_path / "u8.npy")).levels == 256
+    assert load("npy", path=str(tmp_path / "f.npy")).levels is None
+    assert load("npy", path=str(tmp_path / "v.npy")).levels is None
+    assert load("checkerboard").levels is None
