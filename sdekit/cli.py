@@ -572,6 +572,13 @@ def _constraint(model: Model, image_path, mask_path, gray_path):
     return Inpaint(read_image(image_path, model.item_shape), read_mask(mask_path, model.item_shape))
 
 
+def _sde_name(sde) -> str:
+    """``vp``, ``subvp`` or ``ve`` (the --sde name), else the class name."""
+    from .sde import SDES
+
+    return next((name for name, cls in SDES.items() if type(sde) is cls), type(sde).__name__)
+
+
 def _label(prov: dict) -> str:
     parts = [f"{role} {prov[role]['name'] if prov.get(role) else 'none'}"
              for role in ("predictor", "corrector") if role in prov]
@@ -733,7 +740,7 @@ def sample(ctx, model_spec, ckpt_path, classifier_path, sde_name, sampler, num_s
         prov["classes"] = list(model.classes)
 
     npz_path.parent.mkdir(parents=True, exist_ok=True)
-    save_outputs(npz_path, png_path, samples, prov, exact, f"{_label(prov)} on {type(sde).__name__} · "
+    save_outputs(npz_path, png_path, samples, prov, exact, f"{_label(prov)} on {_sde_name(sde)} · "
                  f"{prov['steps']} steps · nfe {result.nfe}", image=model.is_image)
 
     if as_json:
@@ -742,7 +749,7 @@ def sample(ctx, model_spec, ckpt_path, classifier_path, sde_name, sampler, num_s
     shape = " x ".join(map(str, samples.shape))
     lines = [f"samples    {npz_path}  ({shape}, {dtype}; provenance inside)",
              f"{'grid' if model.is_image else 'plot':<10} {png_path}",
-             f"sampler    {_label(prov)} on {type(sde).__name__}, {prov['steps']} steps ({prov['schedule']})",
+             f"sampler    {_label(prov)} on {_sde_name(sde)}, {prov['steps']} steps ({prov['schedule']})",
              f"nfe        {result.nfe}",
              f"wall time  {result.wall_time:.2f} s"]
     if metrics is not None:
@@ -897,7 +904,8 @@ def _write_results(path: Path, report, provenance: dict) -> None:
             f.write(text.getvalue().encode())
     else:
         with atomic_write(path) as f:
-            np.savez(f, **columns, nfe_per_batch=report.nfe,
+            times, delta = report.trajectory
+            np.savez(f, **columns, nfe_per_batch=report.nfe, trajectory_times=times, trajectory_delta=delta,
                      provenance=np.array(json.dumps(_json_safe(provenance), default=str), dtype=np.str_))
 
 
