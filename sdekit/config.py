@@ -684,6 +684,15 @@ class OptimConfig:
     grad_clip: float = option(1.0, "clip the gradients' global norm to this (0: no clipping)", ge=0.0)
     ema_decay: float = option(0.999, "decay of the exponential moving average of the weights used for "
                                      "sampling (0: the EMA is the current weights)", ge=0.0, lt=1.0)
+    ema_warmup: bool = option(True, "EMA decay min(ema_decay, (1 + n) / (10 + n)) after n updates, so that the "
+                                    "untrained initial weights do not linger in the average (0.999^2100 = 12% "
+                                    "of them after 2100 steps without it)")
+
+    def ema_decay_at(self, step: int) -> float:
+        """The EMA decay of the update after step ``step`` (counted from 0)."""
+        if not self.ema_warmup:
+            return self.ema_decay
+        return min(self.ema_decay, (1 + step) / (10 + step))
 
     def lr_at(self, step: int) -> float:
         """The learning rate of step ``step`` (counted from 0): lr * min(1, (step + 1) / warmup)."""

@@ -478,7 +478,7 @@ def _train(config, workdir: Path, device: torch.device, dist: _Dist, resume: boo
             elif done % tc.log_every == 0 or done == tc.steps:
                 grad_norm = nn.utils.get_total_norm([p.grad for p in net.parameters() if p.grad is not None])
             optimizer.step()
-            _ema_update(ema, net, config.optim.ema_decay)
+            _ema_update(ema, net, config.optim.ema_decay_at(step))
 
             bad = ~torch.isfinite(per_item).all() | ~torch.isfinite(grad_norm)
             first_bad = torch.where(bad, torch.clamp(first_bad, max=done), first_bad)

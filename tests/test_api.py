@@ -68,7 +68,7 @@ def test_unknown_sampler_and_options_name_what_is_valid(registry):
 
 def test_cli_strings_are_converted(registry):
     r = run(registry, "ddim", eta="0.5")
-    assert r.provenance["predictor"]["options"] == {"eta": 0.5}
+    assert r.provenance["predictor"]["options"]["eta"] == 0.5
     assert run(registry, "pc", n_steps="2").provenance["corrector"]["options"]["n_steps"] == 2
 
 

@@ -138,7 +138,7 @@ def test_unknown_section_with_did_you_mean(toml):
 def test_unknown_key_with_did_you_mean(toml):
     path = toml("[optim]\nlrr = 0.1\n")
     assert error(path, Schema) == (f"{path}: optim.lrr is not a key of [optim]; did you mean optim.lr? (valid "
-                                   f"keys: name, lr, weight_decay, betas, eps, warmup, grad_clip, ema_decay)")
+                                   f"keys: name, lr, weight_decay, betas, eps, warmup, grad_clip, ema_decay, ema_warmup)")
     assert "did you mean" not in error(None, Schema, ["optim.zzz=1"])
     assert error(None, Schema, ["model.block.dropuot=0.1"]).startswith(
         "--set model.block.dropuot=0.1: model.block.dropuot is not a key of [model.block]; "

@@ -320,3 +320,16 @@ def test_best_checkpoint_is_the_lowest_held_out_loss(tmp_path):
     assert best["step"] == min(losses, key=losses.get)
     assert best["metric"] == pytest.approx(min(losses.values()), rel=1e-6)
     assert len(set(losses.values())) == 3  # three different weights: the choice means something
+
+
+def test_ema_warmup_forgets_the_initial_weights():
+    """With warm-up, the decay after n updates is min(d, (1 + n) / (10 + n)); the weight left on the
+    initial parameters after 2100 steps is their product, far below d^2100."""
+    from sdekit.config import OptimConfig
+
+    on, off = OptimConfig(ema_decay=0.999), OptimConfig(ema_decay=0.999, ema_warmup=False)
+    assert on.ema_decay_at(0) == pytest.approx(0.1) and on.ema_decay_at(10_000) == 0.999
+    assert off.ema_decay_at(0) == 0.999
+    left = lambda c: math.prod(c.ema_decay_at(k) for k in range(2100))  # noqa: E731
+    assert left(off) == pytest.approx(0.999 ** 2100) and left(off) > 0.12
+    assert left(on) < 1e-3

@@ -40,6 +40,13 @@ evaluation. ``lower_order_final`` lowers the order in the last steps when the
 grid has fewer than 15 steps (as the reference implementation does; it
 steadies very few steps at the cost of the asymptotic order).
 
+``clip_x0 = c > 0`` clamps every coordinate of each data prediction x0 to
+[-c, c] (Imagen's static thresholding, Saharia et al. 2022, which the data
+prediction makes possible; diffusers' ``thresholding`` is the dynamic,
+per-sample variant for images). With order 1 each step is then a convex
+combination in x / m of the state and the clamped x0, so the output stays
+within [-c, c] up to s(t_min) |x_T| / s(T). Off by default (docs/samplers.md, "Outliers of the deterministic samplers").
+
 Memory of past data predictions lives in local variables only. Evaluations:
 one per step, plus one for ``order`` 3 and one for ``denoise="tweedie"``.
 """
@@ -61,6 +68,8 @@ class DPMSolverOptions:
     lower_order_final: bool = option(True, "lower the order in the last steps when the grid has < 15 steps")
     denoise: str = option("none", "final output: 'none' the ODE's state at t_min, 'tweedie' adds one "
                           "evaluation for E[x0 | x_t_min]", choices=("none", "tweedie"))
+    clip_x0: float = option(0.0, "clamp each coordinate of every x0 prediction to [-clip_x0, clip_x0] "
+                                 "(the data's range); 0: off", ge=0.0)
 
 
 def dpm_solver(sde, score_fn, x, grid, *, options, noise, callback=None):
@@ -71,7 +80,8 @@ def dpm_solver(sde, score_fn, x, grid, *, options, noise, callback=None):
 
     def data_pred(x, i):  # x0 = (x + s^2 score) / m at grid time i
         m, s = coef[i]
-        return (x + s**2 * score_fn(x, batch_times(times[i], x))) / m
+        x0 = (x + s**2 * score_fn(x, batch_times(times[i], x))) / m
+        return x0.clamp(-options.clip_x0, options.clip_x0) if options.clip_x0 > 0.0 else x0
 
     past = []  # (lambda, x0) at the last `order` grid points, newest last
     for i in range(num_steps):
