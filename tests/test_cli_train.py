@@ -266,3 +266,19 @@ def test_eval_refuses_what_is_not_digits_and_warns_of_a_leak(digits_runs, tmp_pa
     ok(run("sample", "--ckpt", digits_runs / "vp", "--sampler", "ddim", "--steps", "2", "-n", "8",
            "--out", tmp_path / "t"))
     assert "warning" not in ok(run("eval", tmp_path / "t")).stderr
+
+
+def test_torchrun_train_is_one_global_batch(tmp_path):
+    """sdekit train under torchrun (gloo, 2 processes) trains the single-process model; only rank 0 writes."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
+    assert torchrun is not None, "torchrun ships with torch"
+    args = ["train", "--config", str(CONFIGS / "toy_vp.toml"), *TOY, "--set", "train.steps=3"]
+    done = subprocess.run([torchrun, "--standalone", "--nproc-per-node", "2", "-m", "sdekit.cli", *args,
+                           "--workdir", str(tmp_path / "two")], capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("checkpoint ") == 1  # one summary: rank 0's
+    ok(run(*args, "--workdir", tmp_path / "one"))
+    two, one = load_run(tmp_path / "two", ema=False), load_run(tmp_path / "one", ema=False)
+    for p, q in zip(two.net.state_dict().values(), one.net.state_dict().values()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
