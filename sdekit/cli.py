@@ -868,15 +868,9 @@ def _likelihood_data(run, data_path: Path | None, split: str, n: int | None):
         raise SdekitError(f"the data {cfg.name!r} has items of shape {chosen.item_shape}, but the model "
                           f"{run.path} takes {tuple(run.item_shape)}")
     if n is not None:
-        chosen = chosen._subset(torch_arange(min(n, len(chosen))))
+        chosen = chosen.head(n)
     what = f"{cfg.name}{'' if cfg.path is None else ' ' + cfg.path}, {split}, {len(chosen)} items"
     return chosen.x, chosen.y, chosen.classes, chosen.levels, what
-
-
-def torch_arange(n: int):
-    import torch
-
-    return torch.arange(n)
 
 
 def _write_results(path: Path, report, provenance: dict) -> None:

@@ -187,6 +187,10 @@ class Dataset:
     def _subset(self, index: torch.Tensor) -> "Dataset":
         return dataclasses.replace(self, x=self.x[index], y=None if self.y is None else self.y[index], holdout=0.0)
 
+    def head(self, n: int) -> "Dataset":
+        """The first ``n`` items (all of them when there are fewer)."""
+        return self._subset(torch.arange(min(n, len(self))))
+
     def split(self) -> tuple["Dataset", "Dataset"]:
         """``(train, held_out)``: floor(holdout N) items chosen by a permutation seeded with
         ``seed`` are held out; both keep the original order. Disjoint, and the same for a
