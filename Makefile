@@ -1,6 +1,6 @@
 # Two commands do all the set-up on a fresh machine:
 #   make demo   create .venv if missing, install sdekit, train on digits, sample, evaluate
-#   make test   same set-up, then the whole test suite
+#   make test   same set-up, then the whole test suite (with the example plugins' tests)
 # The CPU build of torch is installed first and pinned (torch==2.13.0): an
 # unpinned torch (or torchsde resolving it) would pull a multi-GB CUDA build.
 
@@ -15,8 +15,13 @@ STAMP  := $(VENV)/.installed
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): $(BIN)/python pyproject.toml
+# The example plugins (plugins/*) after sdekit: --no-deps, so their "sdekit" dependency
+# never re-resolves torch.
+PLUGINS := plugins/sdekit-teaching plugins/sdekit-unipc
+
+$(STAMP): $(BIN)/python pyproject.toml $(addsuffix /pyproject.toml,$(PLUGINS))
 	$(BIN)/pip install --quiet --disable-pip-version-check "$(TORCH)" -e ".[test]"
+	$(BIN)/pip install --quiet --disable-pip-version-check --no-deps $(addprefix -e ,$(PLUGINS))
 	touch $(STAMP)
 
 setup: $(STAMP)
@@ -34,7 +39,7 @@ demo: setup
 	@echo "tensorboard  $(BIN)/tensorboard --logdir $(DEMO)/tb"
 
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q tests plugins
 
 clean:
 	rm -rf $(VENV) out runs/demo .pytest_cache
