@@ -130,8 +130,9 @@ def _noise(shape, seed: int) -> torch.Tensor:
 # -- sdekit ---------------------------------------------------------------------------
 
 def sdekit_entries(registry: Registry | None = None, sde: VPSDE | None = None) -> list[Entry]:
-    """Every registered sampler, predictor and corrector, each with its defaults."""
-    registry = registry if registry is not None else load_registry(autoload=False, strict=True)
+    """Every registered sampler, predictor and corrector (built in, or from an installed plugin such as
+    plugins/sdekit-unipc), each with its defaults."""
+    registry = registry if registry is not None else load_registry(strict=True)  # built-ins and installed plugins
     sde = sde if sde is not None else VPSDE()
     out = []
     for spec in registry:
