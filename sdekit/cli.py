@@ -720,6 +720,7 @@ def sample(ctx, model_spec, ckpt_path, classifier_path, sde_name, sampler, num_s
                       progress=ranks.rank == 0 and (sys.stderr.isatty() if progress is None else progress),
                       options=options)
         samples = ranks.gather(result.samples.detach())
+        ranks.barrier()
     finally:
         ranks.close()
     if samples is None:  # not rank 0: rank 0 writes the output
@@ -837,6 +838,13 @@ class _Ranks:
         parts = [None] * self.world if self.rank == 0 else None
         dist.gather_object(obj, parts, dst=0)
         return parts
+
+    def barrier(self) -> None:
+        """Wait for every rank (before tearing down: a rank leaving while another talks can abort gloo)."""
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
 
     def close(self) -> None:
         if self.owned:
@@ -1030,6 +1038,7 @@ def likelihood(ctx, ckpt_path, model_spec, sde_name, data_path, split, n, diverg
                          progress=sys.stderr.isatty() if progress is None else progress,
                          rtol=rtol, atol=atol, method=method, divergence=divergence, probe=probe,
                          num_probes=num_probes, t_min=t_min)
+        ranks.barrier()
     finally:
         ranks.close()
     if report is None:

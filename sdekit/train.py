@@ -347,11 +347,16 @@ def train(config: Any, workdir: str | os.PathLike, *, resume: bool = False, prog
         if device.type == "cuda" and dist.world > 1:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist.rank % torch.cuda.device_count())))
             torch.cuda.set_device(device)
-        return _train(config, Path(workdir), device, dist, resume, progress, log)
+        summary = _train(config, Path(workdir), device, dist, resume, progress, log)
+        dist.barrier()  # tear down together: a rank leaving while another still talks can abort gloo
+        return summary
     finally:
         if dist.owned:
+            import gc
+
             import torch.distributed
 
+            gc.collect()  # the DDP wrapper (and its reducer's hooks) before the group it uses
             torch.distributed.destroy_process_group()
 
 
