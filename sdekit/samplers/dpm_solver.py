@@ -56,6 +56,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from ..hookspecs import hookimpl
 from ..utils import batch_times
 from .base import SamplerSpec, option
@@ -75,7 +77,8 @@ class DPMSolverOptions:
 def dpm_solver(sde, score_fn, x, grid, *, options, noise, callback=None):
     times = grid.tolist()
     num_steps = len(times) - 1
-    coef = [tuple(float(c) for c in sde.marginal(t)) for t in times]  # (m, s) at each grid time, float64
+    # (m, s) at each grid time, float64, from one call (one call per time would cost more than the steps)
+    coef = list(zip(*(c.tolist() for c in sde.marginal(grid.to(torch.float64)))))
     lam = [math.log(m / s) for m, s in coef]
 
     def data_pred(x, i):  # x0 = (x + s^2 score) / m at grid time i

@@ -26,6 +26,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
+
 from ..hookspecs import hookimpl
 from ..utils import batch_times
 from .base import SamplerSpec, option
@@ -43,7 +45,12 @@ class HeunOptions:
 def heun(sde, score_fn, x, grid, *, options, noise, callback=None):
     times = grid.tolist()
     num_steps = len(times) - 1
-    marginal = lambda t: tuple(float(c) for c in sde.marginal(t))  # noqa: E731 (float64 coefficients)
+    # (m, s) of every grid time from one float64 call: per-step marginal calls would be most of a step's cost
+    # at small batch; times off the grid (churn) are computed when met
+    on_grid = dict(zip(times, zip(*(c.tolist() for c in sde.marginal(grid.to(torch.float64))))))
+
+    def marginal(t):
+        return on_grid[t] if t in on_grid else tuple(float(c) for c in sde.marginal(t))
 
     def slope(xs, t):  # dx~/dsigma = (x~ - D) / sigma at time t: one score evaluation
         m, s = marginal(t)
