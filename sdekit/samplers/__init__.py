@@ -19,6 +19,7 @@ BUILTIN_MODULES = (
     "sdekit.samplers.ode",
     "sdekit.samplers.heun",
     "sdekit.samplers.dpm_solver",
+    "sdekit.samplers.dpm_solver_sde",
     "sdekit.samplers.sde",
 )
 
