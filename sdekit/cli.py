@@ -572,6 +572,13 @@ def _constraint(model: Model, image_path, mask_path, gray_path):
     return Inpaint(read_image(image_path, model.item_shape), read_mask(mask_path, model.item_shape))
 
 
+def _check_sde(sde_name: str | None, trained_on, model) -> None:
+    """A trained model samples (and scores) under its own SDE: an --sde naming another is an error."""
+    if sde_name is not None and sde_name != _sde_name(trained_on):
+        raise SdekitError(f"--sde {sde_name}: the model {model} was trained on {trained_on!r}; leave --sde out "
+                          f"to use it")
+
+
 def _sde_name(sde) -> str:
     """``vp``, ``subvp`` or ``ve`` (the --sde name), else the class name."""
     from .sde import SDES
@@ -687,9 +694,7 @@ def sample(ctx, model_spec, ckpt_path, classifier_path, sde_name, sampler, num_s
     n = len(seeds) if seeds is not None else (num_samples or (64 if model.is_image else 1000))
     registry = state.registry()
     if model.sde is not None:
-        if sde_name is not None and SDES[sde_name]().__class__ is not model.sde.__class__:
-            raise SdekitError(f"--sde {sde_name}: the model {model.spec} was trained on {model.sde!r}; leave "
-                              f"--sde out to use it")
+        _check_sde(sde_name, model.sde, model.spec)
         sde = model.sde
     else:
         sde = SDES[sde_name or "vp"]()
@@ -992,8 +997,7 @@ def likelihood(ctx, ckpt_path, model_spec, sde_name, data_path, split, n, diverg
         if run.score_fn is None:
             raise SdekitError(f"{run.path} is a noise-aware classifier, which has no likelihood; give a score "
                               f"model's run")
-        if sde_name is not None and SDES[sde_name]().__class__ is not run.sde.__class__:
-            raise SdekitError(f"--sde {sde_name}: the model {run.path} was trained on {run.sde!r}; leave --sde out")
+        _check_sde(sde_name, run.sde, run.path)
         if conditional and not run.conditional:
             raise SdekitError(f"--conditional: the run {run.path} was trained without class labels")
         x, labels, classes, levels, what = _likelihood_data(run, data_path, split, n)

@@ -146,8 +146,12 @@ PYTHON = [path for path in DOC_FILES if fenced(path, "python")]
 def test_every_python_block_runs(path, sandbox):
     """The blocks of one page run in order in one namespace, as a reader would paste them."""
     namespace = {"__name__": f"docs_{path.stem}"}
-    for i, source in enumerate(fenced(path, "python")):
-        exec(compile(source, f"{path.name} (python block {i})", "exec"), namespace)
+    blocks = fenced(path, "python")
+    ran = 0
+    for i, source in enumerate(blocks):
+        exec(compile(source, f"{path.name} (python block {i})", "exec"), namespace)  # raises if the block fails
+        ran += 1
+    assert ran == len(blocks) > 0 and len(namespace) > 2  # every block ran and defined something
 
 
 def test_the_site_builds_without_warnings(tmp_path):
