@@ -106,6 +106,8 @@ class Entry:
     draw: Callable[[GaussianMixture, int, int, int], Draw]
     adaptive: bool = False
     stochastic: bool = False
+    #: sdekit: registered by sdekit itself (not by an installed plugin such as plugins/sdekit-unipc)
+    builtin: bool = False
 
     @property
     def label(self) -> str:
@@ -134,16 +136,18 @@ def sdekit_entries(registry: Registry | None = None, sde: VPSDE | None = None) -
     plugins/sdekit-unipc), each with its defaults."""
     registry = registry if registry is not None else load_registry(strict=True)  # built-ins and installed plugins
     sde = sde if sde is not None else VPSDE()
+    builtins = set(load_registry(autoload=False).names())
     out = []
     for spec in registry:
+        builtin = spec.name in builtins
         if spec.adaptive:
             out.append(Entry("sdekit", spec.name, "adaptive", _sdekit_adaptive(registry, sde, spec.name),
-                             adaptive=True, stochastic=spec.stochastic))
+                             adaptive=True, stochastic=spec.stochastic, builtin=builtin))
             continue
         per_step, extra = _sdekit_cost(registry, sde, spec.name)
         evals = f"{per_step}/step" + (f" + {extra}" if extra else "")
         out.append(Entry("sdekit", spec.name, evals, _sdekit_fixed(registry, sde, spec.name, per_step, extra),
-                         stochastic=spec.stochastic))
+                         stochastic=spec.stochastic, builtin=builtin))
     return out
 
 

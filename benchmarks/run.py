@@ -6,7 +6,8 @@
 
 Writes into ``--out`` (default ``benchmarks/out/quality``, ``benchmarks/out/quick``
 with ``--quick``): ``quality.json`` (every row, the winners, floors, machine and
-versions), ``quality.md`` (the tables) and ``quality_sw.png`` / ``quality_tv.png``;
+versions), ``quality.md`` (the tables) and ``quality_sw.png`` / ``quality_tv.png`` /
+``quality_mmd.png``;
 with ``--timing`` (or ``--quick``) also ``timing.json``. A peer that does not
 import is named in the output with the reason, and the run goes on without it.
 """
@@ -112,7 +113,7 @@ def main(argv=None) -> dict:
         for name in plan["mixtures"]:
             problems[name] = problem = quality.Problem.build(name, quality.MIXTURES[name], plan["n"], plan["seeds"])
             print(f"\n{name}: n={plan['n']}, seeds {plan['seeds']}, floor sw {problem.floor_sw:.4f} "
-                  f"tv {problem.floor_tv:.4f}; cells sw/tv at budgets {plan['budgets']}")
+                  f"tv {problem.floor_tv:.4f}; cells sw/tv/1000 x mmd at budgets {plan['budgets']}")
             rows += quality.measure(entries, problem, plan["budgets"], plan["n"], plan["seeds"])
         wins = quality.winners(rows, problems, plan["budgets"])
         table = quality.markdown(rows, problems, plan["budgets"], wins, plan["n"], plan["seeds"], status)
@@ -126,7 +127,9 @@ def main(argv=None) -> dict:
         for w in wins:
             ratio = w["sdekit_vs_best_peer_sw"]
             print(f"  {w['mixture']:10s} {w['budget']:5d}: winner {w['winner']}"
-                  + ("" if ratio is None else f"  (sdekit / best peer sw = {ratio:.2f})"))
+                  + ("" if ratio is None else f"  (sdekit / best peer sw = {ratio:.2f})")
+                  + f"; by mmd {w['winner_mmd']}" + ("" if w["sdekit_vs_best_peer_mmd"] is None
+                                                      else f" (sdekit against best peer: {w['sdekit_vs_best_peer_mmd']})"))
 
     if args.quick or args.timing:
         timings = timing.run_all(quick=args.quick and not args.timing)

@@ -27,7 +27,7 @@ def quick(tmp_path_factory):
 @pytest.mark.slow  # the quick run: ~7 s of CPU, more on a busy machine
 def test_quick_writes_tables_plots_and_machine_info(quick):
     out, result = quick
-    assert {"quality.json", "quality.md", "quality_sw.png", "quality_tv.png", "timing.json"} <= {
+    assert {"quality.json", "quality.md", "quality_sw.png", "quality_tv.png", "quality_mmd.png", "timing.json"} <= {
         p.name for p in out.iterdir()}
     machine = result["machine"]
     assert machine["torch"] == torch.__version__ and machine["cpu_count"] and "peers" in machine
@@ -51,6 +51,27 @@ def test_quick_runs_every_sdekit_sampler_within_budget(quick):
     floor = result["quality"]["floors"]["ring8"]["sw"]
     dpm = next(r for r in rows if (r["family"], r["sampler"], r["budget"]) == ("sdekit", "dpm_solver", 20))
     assert dpm["nfe"] == 20 and dpm["sw"] < 2.0 * floor  # 500 samples: floor ~0.19, dpm_solver ~0.24
+    # the MMD to the exact law: dpm_solver at 20 is within noise of 0 (measured 0.2e-3 +- 0.3e-3 at
+    # n = 2000), 20 Langevin steps are far from it (measured 150e-3)
+    assert abs(dpm["mmd"]) < 4 * dpm["mmd_se"] + 2e-3, dpm
+    langevin = next(r for r in rows if (r["family"], r["sampler"], r["budget"]) == ("sdekit", "langevin", 20))
+    assert langevin["mmd"] > 5 * langevin["mmd_se"], langevin
+    builtin = {r["sampler"]: r["builtin"] for r in rows if r["family"] == "sdekit"}
+    assert builtin["dpm_solver"] and builtin["pc"] and not builtin.get("unipc", False)
+    for w in result["quality"]["winners"]:
+        assert w["winner_mmd"] and w["sdekit_vs_best_peer_mmd"] in {"better", "worse", "tie", None}
+        assert w["best_builtin_mmd"]["sampler"] in builtin and builtin[w["best_builtin_mmd"]["sampler"]]
+    table = (quick[0] / "quality.md").read_text()
+    assert "Who wins by MMD to the exact law" in table and "1000 x mmd" in table
+
+
+def test_mmd_verdict_is_a_tie_within_two_combined_standard_errors():
+    from benchmarks.quality import mmd_verdict
+
+    a = {"mmd": 1.0e-3, "mmd_se": 0.3e-3}
+    assert mmd_verdict(a, {"mmd": 1.8e-3, "mmd_se": 0.3e-3}) == "tie"  # 0.8e-3 < 2 x 0.42e-3
+    assert mmd_verdict(a, {"mmd": 2.0e-3, "mmd_se": 0.3e-3}) == "better"
+    assert mmd_verdict({"mmd": 2.0e-3, "mmd_se": 0.3e-3}, a) == "worse"
 
 
 @pytest.mark.slow  # the quick run: ~7 s of CPU, more on a busy machine
