@@ -144,6 +144,8 @@ class Model:
     classifier: Callable | None = None
     #: ``exact_class(k)`` -> ``exact(n, seed)`` for class k only, or None
     exact_class: Callable | None = None
+    #: ``exact_law(k)`` -> the exact :class:`~sdekit.oracle.GaussianMixture` (of class k; all for None)
+    exact_law: Callable | None = None
     #: the SDE the model was trained on (a checkpoint), or None: any SDE (an exact oracle)
     sde: Any = None
     #: names of the classes, when known
@@ -167,13 +169,12 @@ def _gmm_model(spec: str) -> Model:
     def exact_for(mix):
         return lambda n, seed: mix.sample(n, torch.Generator().manual_seed(seed))
 
-    def exact_class(k: int):
-        only = GaussianMixture([1.0], gmm.means[k:k + 1], gmm.stds[k:k + 1], gmm.item_shape)
-        return exact_for(only)
+    def law(k: int | None):
+        return gmm if k is None else GaussianMixture([1.0], gmm.means[k:k + 1], gmm.stds[k:k + 1], gmm.item_shape)
 
     return Model(f"gmm:{spec}", gmm.item_shape, gmm.score_fn, exact_for(gmm), repr(gmm),
                  num_classes=gmm.num_components, classifier=lambda sde: oracle_classifier(gmm, sde),
-                 exact_class=exact_class)
+                 exact_class=lambda k: exact_for(law(k)), exact_law=law)
 
 
 def _ckpt_model(path: Path, device, classifier_path: Path | None = None) -> Model:
@@ -497,16 +498,21 @@ def _output_paths(out: Path, overwrite: bool) -> tuple[Path, Path]:
 def _compare_to_exact(model: Model, samples, class_: int | None = None):
     """For an exact oracle: (exact samples, metrics) with the sliced Wasserstein distance
     to exact samples of the same size (of class ``class_`` when given) and its noise
-    floor; (None, None) otherwise."""
-    from .metrics import sliced_wasserstein
+    floor, and the unbiased squared MMD to the exact law (0 in expectation for exact
+    samples); (None, None) otherwise."""
+    from .metrics import mixture_mmd, sliced_wasserstein
 
     exact_fn = model.exact if class_ is None or model.exact_class is None else model.exact_class(class_)
     if exact_fn is None:
         return None, None
     exact, other = (exact_fn(len(samples), s) for s in EXACT_SEEDS)
-    return exact, {"sliced_wasserstein": sliced_wasserstein(samples, exact),
-                   "noise_floor": sliced_wasserstein(other, exact), "exact_seeds": list(EXACT_SEEDS),
-                   "exact_class": class_}
+    metrics = {"sliced_wasserstein": sliced_wasserstein(samples, exact),
+               "noise_floor": sliced_wasserstein(other, exact), "exact_seeds": list(EXACT_SEEDS),
+               "exact_class": class_}
+    if model.exact_law is not None and len(samples) >= 3 and bool(samples.isfinite().all()):
+        mmd = mixture_mmd(samples, model.exact_law(class_))
+        metrics.update(mmd2=mmd.mmd2, mmd2_se=mmd.se)
+    return exact, metrics
 
 
 def _guided_score(model: Model, sde, n: int, device, class_, guidance: str, scale: float, convention):
@@ -762,6 +768,9 @@ def sample(ctx, model_spec, ckpt_path, classifier_path, sde_name, sampler, num_s
         of = "" if metrics["exact_class"] is None else f" of class {metrics['exact_class']}"
         lines.append(f"sliced W2  {metrics['sliced_wasserstein']:.4f} to exact samples{of} "
                      f"(noise floor {metrics['noise_floor']:.4f}: two exact sets of {n})")
+        if "mmd2" in metrics:
+            lines.append(f"MMD^2      {metrics['mmd2']:.2e} +- {metrics['mmd2_se']:.1e} to the exact law{of} "
+                         f"(unbiased: 0 +- SE for exact samples)")
     click.echo("\n".join(lines))
 
 

@@ -19,7 +19,7 @@ import sdekit
 from sdekit.cli import EXACT_SEEDS, main, parse_seeds
 from sdekit.errors import SdekitError
 from sdekit.io import atomic_write, load_samples, save_samples
-from sdekit.metrics import sliced_wasserstein
+from sdekit.metrics import mixture_mmd, sliced_wasserstein
 from sdekit.oracle import named_mixture
 
 pytestmark = pytest.mark.usefixtures("clean_env")
@@ -207,7 +207,7 @@ def test_sample_writes_npz_with_provenance_and_a_png(tmp_path):
     result = ok(run(*args))
     assert sorted(p.name for p in out.iterdir()) == ["samples.npz", "samples.png"]  # no temp files left
     for text in (str(out / "samples.npz"), str(out / "samples.png"), "nfe        40", "wall time", "sliced W2",
-                 "noise floor"):
+                 "noise floor", "MMD^2", "to the exact law"):
         assert text in result.stdout
     samples, prov = load_samples(out / "samples.npz")
     assert samples.shape == (200, 2) and samples.dtype == np.float32 and np.isfinite(samples).all()
@@ -274,6 +274,8 @@ def test_sample_json_reports_the_distance_to_exact_samples(tmp_path):
     assert report["noise_floor"] == pytest.approx(sliced_wasserstein(other, exact))
     assert 0 < report["noise_floor"] < 0.5 and report["sliced_wasserstein"] < 1.0
     assert report["provenance"]["metrics"]["sliced_wasserstein"] == report["sliced_wasserstein"]
+    mmd = mixture_mmd(torch.from_numpy(samples), gmm)
+    assert (report["mmd2"], report["mmd2_se"]) == pytest.approx((mmd.mmd2, mmd.se))
 
 
 def test_items_of_more_than_two_dimensions_and_float64(tmp_path):
@@ -333,6 +335,8 @@ def test_class_conditional_sampling_matches_the_exact_class(tmp_path):
                                   "--steps", "300")).stdout)
     assert report["exact_class"] == 3 and report["provenance"]["guidance"]["class"] == 3
     assert report["sliced_wasserstein"] < 1.6 * report["noise_floor"]
+    # against component 3 alone: within 4 SE of 0 (against the whole ring: ~200 SE off)
+    assert abs(report["mmd2"]) < 4 * report["mmd2_se"]
     samples, _ = load_samples(report["samples"])
     angle = np.degrees(np.arctan2(samples[:, 1], samples[:, 0])) % 360
     assert np.mean(np.abs(angle - 135) < 22.5) > 0.99  # ring8's component 3 sits at 135 degrees
