@@ -94,12 +94,13 @@ class Problem:
         return cls(name, spec, gmm, ref, statistics.median(sliced_wasserstein(x, ref) for x in exact),
                    statistics.median(mode_tv(gmm, x) for x in exact))
 
-    def score(self, x: torch.Tensor) -> tuple[float, float, float, float]:
-        """sw, tv, mmd, mmd_se of one sample set (nan where it is not finite)."""
+    def score(self, x: torch.Tensor) -> tuple[float, float, float, float, tuple]:
+        """sw, tv, mmd, mmd_se and mmd's share per kernel width of one sample set (nan where it is
+        not finite)."""
         if not bool(torch.isfinite(x).all()):
-            return math.nan, math.nan, math.nan, math.nan
+            return math.nan, math.nan, math.nan, math.nan, ()
         mmd = mixture_mmd(x, self.gmm)
-        return sliced_wasserstein(x, self.reference), mode_tv(self.gmm, x), mmd.mmd2, mmd.se
+        return sliced_wasserstein(x, self.reference), mode_tv(self.gmm, x), mmd.mmd2, mmd.se, mmd.per_bandwidth
 
 
 def _median(values):
@@ -110,20 +111,23 @@ def _median(values):
 def _one(entry: Entry, problem: Problem, budget_or_level: int, n: int, seeds) -> dict:
     """Median sw, tv and nfe, mean mmd (and its standard error) over the seeds, or the error
     that stopped the sampler."""
-    sws, tvs, mmds, ses, nfes, details = [], [], [], [], [], []
+    sws, tvs, mmds, ses, parts, nfes, details = [], [], [], [], [], [], []
     start = time.perf_counter()
     try:
         with warnings.catch_warnings():  # torchsde's BrownianTree: float rounding at the interval's ends
             warnings.filterwarnings("ignore", message="Should have", category=UserWarning)
             for seed in seeds:
                 d = entry.draw(problem.gmm, budget_or_level, n, seed)
-                sw, tv, mmd, se = problem.score(d.x)
-                sws.append(sw), tvs.append(tv), mmds.append(mmd), ses.append(se)
+                sw, tv, mmd, se, part = problem.score(d.x)
+                sws.append(sw), tvs.append(tv), mmds.append(mmd), ses.append(se), parts.append(part)
                 nfes.append(d.nfe), details.append(d.detail)
     except Exception as err:  # noqa: BLE001 (a sampler that fails here is a result, not a crash)
         return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
     return {"sw": _median(sws), "tv": _median(tvs), "mmd": statistics.fmean(mmds),
-            "mmd_se": math.sqrt(sum(se * se for se in ses)) / len(ses), "nfe": int(statistics.median(nfes)),
+            "mmd_se": math.sqrt(sum(se * se for se in ses)) / len(ses),
+            # mean share of each kernel width (sdekit.metrics.BANDWIDTH_FACTORS x one component's scale)
+            "mmd_per_width": [statistics.fmean(p) for p in zip(*parts)] if all(parts) else None,
+            "nfe": int(statistics.median(nfes)),
             "sw_all": sws, "tv_all": tvs, "mmd_all": mmds, "nfe_all": nfes, "detail": details[0], "error": None,
             "seconds": time.perf_counter() - start}  # wall time on a shared machine: bookkeeping only
 
