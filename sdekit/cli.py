@@ -615,7 +615,7 @@ def _label(prov: dict) -> str:
 @click.option("--steps", type=click.IntRange(min=1), metavar="N", default=None,
               show_default="the sampler's recommended steps", help="Time-grid steps.")
 @click.option("--schedule", metavar="NAME[:K=V]", default=None, show_default="the sampler's recommended",
-              help="Time grid: uniform, logsnr, karras[:rho=7] or quadratic (sdekit.grids).")
+              help="Time grid: uniform, logsnr, karras[:rho=7], quadratic or vp_quadratic (sdekit.grids).")
 @click.option("--t-min", type=float, metavar="T", default=None, show_default="the SDE's t_min",
               help="Last time of the grid.")
 @click.option("-o", "--option", "option_pairs", type=KeyValue(), metavar="KEY=VALUE", multiple=True,

@@ -86,3 +86,27 @@ def test_schedule_names_and_parameters_are_checked():
         make_grid(VPSDE(), 10, "logsnr", t_min=0.0)
     assert make_grid(VPSDE(), 10, "quadratic", t_min=0.0)[-1].item() == 0.0
     assert math.isclose(make_grid(VPSDE(), 10, "quadratic", t_max=0.8)[0].item(), 0.8)
+
+
+def test_vp_quadratic_is_quadratic_on_the_reference_vp_and_places_grids_by_noise_level():
+    vp = VPSDE()
+    assert torch.allclose(make_grid(vp, 12, "vp_quadratic"), make_grid(vp, 12, "quadratic"), rtol=0, atol=1e-12)
+    # a VE (or a VP with other betas) with the same end noise levels gets the same noise levels throughout
+    lo, hi = (float(s) for s in (-0.5 * vp.log_snr(torch.tensor([vp.t_min, vp.T], dtype=torch.float64))).exp())
+    for sde in (VESDE(sigma_min=lo / 2, sigma_max=hi), VPSDE(beta_min=0.05, beta_max=40.0)):
+        t_min = float(sde.t_from_log_snr(vp.log_snr(torch.tensor([vp.t_min], dtype=torch.float64)))[0])
+        t_max = float(sde.t_from_log_snr(vp.log_snr(torch.tensor([vp.T], dtype=torch.float64)))[0])
+        ours = sde.log_snr(make_grid(sde, 12, "vp_quadratic", t_min=t_min, t_max=t_max))
+        assert torch.allclose(ours, vp.log_snr(make_grid(vp, 12, "quadratic")), rtol=0, atol=1e-8)
+    # unlike the SDE's own quadratic grid: on VE that one crowds the low noise levels
+    ve = VESDE()
+    sigma = lambda g: (-0.5 * ve.log_snr(g)).exp()  # noqa: E731
+    assert sigma(make_grid(ve, 10, "vp_quadratic"))[5] > 5 * sigma(make_grid(ve, 10, "quadratic"))[5]
+    assert parse_schedule("vp_quadratic:beta_max=30") == ("vp_quadratic", {"beta_max": 30.0})
+    with pytest.raises(OptionError, match="beta_min <= beta_max"):
+        make_grid(ve, 10, "vp_quadratic:beta_max=0")
+    # noise beyond the reference VP's sigma(T) = 152 (score_sde's VE for 256^2 images: sigma_max = 348)
+    big = VESDE(sigma_max=348.0)
+    grid = make_grid(big, 10, "vp_quadratic")
+    assert grid[0].item() == 1.0 and bool((grid[1:] < grid[:-1]).all())
+    assert torch.allclose((-0.5 * big.log_snr(grid[:1])).exp(), torch.tensor([348.0], dtype=torch.float64))

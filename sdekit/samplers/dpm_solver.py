@@ -123,7 +123,7 @@ def dpm_solver(sde, score_fn, x, grid, *, options, noise, callback=None):
 
 SPEC = SamplerSpec(
     name="dpm_solver", fn=dpm_solver, options=DPMSolverOptions, kind="sampler", stochastic=False,
-    evals_per_step=1, recommended_steps=20, recommended_schedule="logsnr",
+    evals_per_step=1, recommended_steps=20, recommended_schedule="vp_quadratic",
     summary="DPM-Solver++ multistep, order 1-3, in half log-SNR on any SDE's marginal (Lu et al. 2022)",
 )
 

@@ -60,7 +60,7 @@ def dpm_solver_sde(sde, score_fn, x, grid, *, options, noise, callback=None):
 
 SPEC = SamplerSpec(
     name="dpm_solver_sde", fn=dpm_solver_sde, options=DPMSolverSDEOptions, kind="sampler", stochastic=True,
-    evals_per_step=1, recommended_steps=20, recommended_schedule="logsnr",
+    evals_per_step=1, recommended_steps=20, recommended_schedule="vp_quadratic",
     summary="SDE-DPM-Solver++(2M): the reverse SDE's exponential-integrator step, 2nd order (Lu et al. 2022)",
 )
 

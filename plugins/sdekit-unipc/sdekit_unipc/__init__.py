@@ -122,7 +122,7 @@ def unipc(sde, score_fn, x, grid, *, options, noise, callback=None):
 
 SPEC = SamplerSpec(
     name="unipc", fn=unipc, options=UniPCOptions, kind="sampler", stochastic=False, evals_per_step=1,
-    recommended_steps=10, recommended_schedule="logsnr",
+    recommended_steps=10, recommended_schedule="vp_quadratic",
     summary="UniPC multistep predictor-corrector, order p + 1 for one evaluation per step (Zhao et al. 2023)",
 )
 
