@@ -139,3 +139,17 @@ def test_denoiser_is_tweedie_in_k_diffusion_units():
         x = gmm.means[0] + sigma * torch.randn(5, 3, dtype=torch.float64)
         assert torch.allclose(den(x, torch.full((5,), sigma, dtype=torch.float64)), gmm.means[0].expand(5, 3),
                               atol=1e-6 * max(sigma, 1.0))
+
+
+def test_schedules_benchmark_runs_and_marks_the_best_grid(tmp_path):
+    from benchmarks import schedules
+
+    result = schedules.main(["--sdes", "vp", "--mixtures", "ring8", "--samplers", "dpm_solver,no_such_sampler",
+                             "--steps", "5", "--seeds", "0", "-n", "300", "--out", str(tmp_path)])
+    rows = {r["schedule"]: r for r in result["rows"]}
+    assert set(rows) == {"logsnr", "quadratic", "vp_quadratic"} and result["plan"]["samplers"] == ["dpm_solver"]
+    # on VP the two quadratic grids are one grid; at 5 steps it beats logsnr (measured 15 against 62)
+    assert rows["quadratic"]["mmd"] == pytest.approx(rows["vp_quadratic"]["mmd"], abs=1e-9)
+    assert rows["vp_quadratic"]["mmd"] + 3 * rows["vp_quadratic"]["mmd_se"] < rows["logsnr"]["mmd"]
+    table = (tmp_path / "schedules.md").read_text()
+    assert "| vp | ring8 | dpm_solver | 5 |" in table and "**" in table
