@@ -196,6 +196,7 @@ def test_options_are_validated():
     assert math.isinf(REGISTRY.get("heun").options().s_tmax)
 
 
+@pytest.mark.slow  # ~5 s each: 4 x 4000 samples and their MMD
 @pytest.mark.parametrize("sde_name", list(SDES))
 def test_the_recommended_grid_beats_logsnr_at_ten_steps(sde_name):
     """Measured (2 seeds, n = 2000, 1000 x MMD^2): logsnr / vp_quadratic = 12.7 / 3.2 (VP),
