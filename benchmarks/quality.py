@@ -315,8 +315,9 @@ def plot(rows: list[dict], problems: dict, path_stem) -> list[str]:
                        label="exact (noise floor; 0 for mmd)")
             ax.set_xscale("log")
             if metric == "mmd":  # linear within the typical standard error, log beyond
-                se = statistics.median(r["mmd_se"] for r in sub) if sub else 1e-4
-                ax.set_yscale("symlog", linthresh=max(se, 1e-6))
+                se = max(statistics.median(r["mmd_se"] for r in sub) if sub else 1e-4, 1e-6)
+                ax.set_yscale("symlog", linthresh=se)
+                ax.set_ylim(bottom=-2 * se)  # below 0 is noise only: keep it to two standard errors
             else:
                 ax.set_yscale("log")
             ax.set_title(f"{name} (D = {problem.gmm.dim})")
