@@ -18,9 +18,9 @@ seed. Three numbers per sample set:
 
 ``sw`` and ``tv`` are medians over the seeds. Their noise floor is the same
 two numbers for exact draws in place of a sampler's (medians over the seeds
-too). Both are biased: a sampler can sit *below* the floor (a slightly
-narrower law has a smaller finite-sample W2 term; measured on ring8 for
-k-diffusion's ``dpmpp_sde``). ``mmd`` has no floor: its expectation is 0 for
+too). Both are noisy and biased: a sampler can sit *below* the floor by the
+luck of its seeds (k-diffusion's ``dpmpp_sde`` on ring8, see docs/benchmarks.md)
+or by being slightly narrower than the truth (a smaller finite-sample W2 term). ``mmd`` has no floor: its expectation is 0 for
 the exact law and positive for every other, so it is averaged over the seeds
 (``mmd_se``: the standard error of that mean) and two samplers whose ``mmd``
 differ by less than twice their combined standard error are a tie.
