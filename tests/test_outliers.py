@@ -72,7 +72,7 @@ def test_clip_x0_is_off_by_default_and_keeps_ddim_equal_to_dpm_solver_order_1():
     assert torch.equal(draw(capped, "ddim", steps=20, schedule="logsnr"),
                        draw(capped, "ddim", steps=20, schedule="logsnr", clip_x0=0.0))
     a = draw(capped, "ddim", steps=20, schedule="logsnr", clip_x0=CLIP)
-    b = draw(capped, "dpm_solver", steps=20, order=1, clip_x0=CLIP)
+    b = draw(capped, "dpm_solver", steps=20, schedule="logsnr", order=1, clip_x0=CLIP)
     assert torch.allclose(a, b, rtol=0, atol=1e-10)
 
 
