@@ -119,7 +119,8 @@ def main(argv=None) -> dict:
         table = quality.markdown(rows, problems, plan["budgets"], wins, plan["n"], plan["seeds"], status)
         plots = quality.plot(rows, problems, str(out / "quality"))
         result["quality"] = {
-            "floors": {k: {"sw": p.floor_sw, "tv": p.floor_tv, "spec": p.spec} for k, p in problems.items()},
+            "floors": {k: {"sw": p.floor_sw, "tv": p.floor_tv, "sw_all": list(p.floor_sw_all), "spec": p.spec}
+                       for k, p in problems.items()},
             "rows": rows, "winners": wins, "seconds": time.perf_counter() - start}
         (out / "quality.md").write_text(table)
         (out / "quality.json").write_text(json.dumps(_json_safe(result), indent=1))

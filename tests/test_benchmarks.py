@@ -49,6 +49,7 @@ def test_quick_runs_every_sdekit_sampler_within_budget(quick):
         if not r["error"] and not r["adaptive"]:
             assert r["nfe"] <= r["budget"], r
     floor = result["quality"]["floors"]["ring8"]["sw"]
+    assert sorted(result["quality"]["floors"]["ring8"]["sw_all"])[0] <= floor  # the median of the exact sets
     dpm = next(r for r in rows if (r["family"], r["sampler"], r["budget"]) == ("sdekit", "dpm_solver", 20))
     assert dpm["nfe"] == 20 and dpm["sw"] < 2.0 * floor  # 500 samples: floor ~0.19, dpm_solver ~0.24
     # the MMD to the exact law: dpm_solver at 20 is within noise of 0 (measured 0.2e-3 +- 0.3e-3 at
