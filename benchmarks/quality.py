@@ -20,8 +20,9 @@ seed. Three numbers per sample set:
 two numbers for exact draws in place of a sampler's (medians over the seeds
 too). Both are noisy and biased: a sampler can sit *below* the floor by the
 luck of its seeds (k-diffusion's ``dpmpp_sde`` on ring8, see docs/benchmarks.md)
-or by being slightly narrower than the truth (a smaller finite-sample W2 term). ``mmd`` has no floor: its expectation is 0 for
-the exact law and positive for every other, so it is averaged over the seeds
+or by being slightly narrower than the truth (a smaller finite-sample W2 term).
+``mmd`` has no floor: its expectation is 0 for the exact law and positive for
+every other, so it is averaged over the seeds
 (``mmd_se``: the standard error of that mean) and two samplers whose ``mmd``
 differ by less than twice their combined standard error are a tie.
 """
@@ -205,7 +206,8 @@ def winners(rows: list[dict], problems: dict, budgets) -> list[dict]:
                 entry[f"best_{key}" if key != "sw" else "best"] = {
                     f: {"sampler": r["sampler"], "sw": r["sw"], "tv": r["tv"], "mmd": r["mmd"],
                         "mmd_se": r["mmd_se"], "nfe": r["nfe"]} for f, r in best.items()}
-                entry["winner" if key == "sw" else "winner_mmd"] = overall and f"{overall['family']}:{overall['sampler']}"
+                winner = overall and f"{overall['family']}:{overall['sampler']}"
+                entry["winner" if key == "sw" else "winner_mmd"] = winner
                 if key == "sw":
                     entry["sdekit_vs_best_peer_sw"] = mine["sw"] / best_peer["sw"] if mine and best_peer else None
                     entry["sdekit_vs_best_peer_tv"] = mine["tv"] - best_peer["tv"] if mine and best_peer else None

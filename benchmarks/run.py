@@ -129,8 +129,9 @@ def main(argv=None) -> dict:
             ratio = w["sdekit_vs_best_peer_sw"]
             print(f"  {w['mixture']:10s} {w['budget']:5d}: winner {w['winner']}"
                   + ("" if ratio is None else f"  (sdekit / best peer sw = {ratio:.2f})")
-                  + f"; by mmd {w['winner_mmd']}" + ("" if w["sdekit_vs_best_peer_mmd"] is None
-                                                      else f" (sdekit against best peer: {w['sdekit_vs_best_peer_mmd']})"))
+                  + f"; by mmd {w['winner_mmd']}"
+                  + ("" if w["sdekit_vs_best_peer_mmd"] is None
+                     else f" (sdekit against best peer: {w['sdekit_vs_best_peer_mmd']})"))
 
     if args.quick or args.timing:
         timings = timing.run_all(quick=args.quick and not args.timing)

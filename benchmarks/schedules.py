@@ -83,7 +83,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/out/schedules"), metavar="DIR")
     args = parser.parse_args(argv)
     plan = {k: getattr(args, k).split(",") for k in DEFAULTS}
-    plan["steps"], plan["seeds"], plan["n"] = [int(s) for s in plan["steps"]], [int(s) for s in plan["seeds"]], args.samples
+    plan["steps"], plan["seeds"] = [int(s) for s in plan["steps"]], [int(s) for s in plan["seeds"]]
+    plan["n"] = args.samples
     registry = load_registry(strict=True)
     missing = [s for s in plan["samplers"] if s not in registry.names()]
     if missing:

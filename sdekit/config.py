@@ -739,8 +739,8 @@ class SampleConfig:
 
     sampler: str = option("pc", "sampler name (sdekit samplers list)")
     steps: int = option(0, "steps of the time grid (0: the sampler's recommended number)", ge=0)
-    schedule: str = option("uniform", "time grid: uniform, logsnr, karras, quadratic, vp_quadratic; parameters after a colon "
-                                      "(karras:rho=5)")
+    schedule: str = option("uniform", "time grid: uniform, logsnr, karras, quadratic, vp_quadratic; parameters "
+                                      "after a colon (karras:rho=5)")
     t_min: float | None = option(None, "time at which sampling stops (unset: the SDE's default)", ge=0.0, lt=1.0)
     num_samples: int = option(64, "samples to draw", ge=1)
     batch_size: int = option(0, "samples per batch (0: all at once)", ge=0)

@@ -83,11 +83,12 @@ def vp_quadratic(sde: SDE, num_steps: int, t_min: float, t_max: float, beta_min:
     an SDE's noise reaches beyond the reference's sigma of 152), the grid is
     quadratic in tau between them, and each tau's log-SNR is mapped back to
     this SDE's time. So every SDE gets the same noise levels sigma = s / m for
-    the same ends; on a VP with these betas it is :func:`quadratic`. Why a reference clock: an
-    exponential integrator (DPM-Solver, UniPC) sees only the log-SNR of its
-    steps, and "quadratic in t" means very different noise levels on a VE,
-    whose t is log sigma, or on a sub-VP, whose t_min sits 100x lower in sigma
-    than VP's. In log-SNR the grid is coarse at both ends and fine in between
+    the same ends; on a VP with these betas it is :func:`quadratic`.
+
+    Why a reference clock: an exponential integrator (DPM-Solver, UniPC) sees
+    only the log-SNR of its steps, and "quadratic in t" means very different
+    noise levels on a VE, whose t is log sigma, or on a sub-VP, whose t_min
+    sits 100x lower in sigma than VP's. In log-SNR the grid is coarse at both ends and fine in between
     (sigma ~ 0.1-5 for data of unit scale). Measured in docs/samplers.md: at 5
     and 10 steps it beats ``logsnr`` and ``quadratic`` for ``dpm_solver`` on VP,
     sub-VP and VE alike.
